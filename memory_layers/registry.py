@@ -1,0 +1,46 @@
+"""Building mixers from their Hydra config (``configs/memory/<name>.yaml``; ``_target_`` is the registry)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import hydra.utils
+from omegaconf import DictConfig, OmegaConf
+
+from memory_layers.base import Backbone, MemoryMixer
+
+#: keys of a memory config that belong to the agent, not to the mixer's constructor
+NON_CONSTRUCTOR_KEYS = ("name", "reset_on")
+RESET_CHOICES = ("never", "episode", "task")
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def available_mixers() -> list[str]:
+    """Names of every mixer config in ``configs/memory/``."""
+    return sorted(p.stem for p in (CONFIG_DIR / "memory").glob("*.yaml"))
+
+
+def load_memory_config(name: str) -> DictConfig:
+    path = CONFIG_DIR / "memory" / f"{name}.yaml"
+    if not path.exists():
+        raise ValueError(f"unknown mixer {name!r}: choose memory=<name> from {available_mixers()}")
+    return OmegaConf.load(path)
+
+
+def build_mixer(memory_cfg: Mapping[str, Any] | DictConfig, d_model: int) -> MemoryMixer:
+    """Instantiate one mixer from its config with the model width ``d_model``."""
+    cfg = OmegaConf.to_container(memory_cfg, resolve=True) if isinstance(memory_cfg, DictConfig) else dict(memory_cfg)
+    for key in NON_CONSTRUCTOR_KEYS:
+        cfg.pop(key, None)
+    if "_target_" not in cfg:
+        raise ValueError(f"memory config has no _target_: pick memory=<name> from {available_mixers()}")
+    mixer = hydra.utils.instantiate(cfg, d_model=d_model, _convert_="all")
+    if not isinstance(mixer, MemoryMixer):
+        raise TypeError(f"{cfg['_target_']} is not a MemoryMixer")
+    return mixer
+
+
+def build_backbone(memory_cfg, d_model: int, num_layers: int, mlp_ratio: float = 2.0) -> Backbone:
+    """``num_layers`` memory blocks of the configured mixer."""
+    return Backbone([build_mixer(memory_cfg, d_model) for _ in range(num_layers)], mlp_ratio)
