@@ -1,0 +1,172 @@
+"""The ``lifelong`` command: a thin layer over the Hydra app and the packages.
+
+    lifelong run [HYDRA OVERRIDES...] [-m]   one lifetime (or a sweep with -m)
+    lifelong compare RUN_DIR... [--out DIR]  side-by-side report of runs (table + PNG)
+    lifelong tensorboard RUN_DIR [--port N]  TensorBoard on 127.0.0.1 for a run
+    lifelong streams                         the configured task streams
+    lifelong mixers                          the configured memory mixers
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+console = Console()
+err_console = Console(stderr=True)
+
+USAGE = __doc__
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a one-line error and exit before any work starts."""
+    err_console.print(f"[bold red]lifelong: error:[/] {message}", highlight=False, soft_wrap=True)
+    raise SystemExit(code)
+
+
+def group_choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def check_group_overrides(overrides: list[str]) -> None:
+    """Reject an unknown mixer / stream / agent name in one line, naming the valid choices."""
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        key = key.lstrip("+~")
+        if not sep or key not in ("memory", "stream", "agent"):
+            continue
+        choices = group_choices(key)
+        for name in value.split(","):  # a multirun sweep lists several
+            if name and name not in choices:
+                fail(f"unknown {key} {name!r}: choose {key}=<name> from {', '.join(choices)}")
+
+
+# ---- lifelong run -------------------------------------------------------------------------
+def _run_app() -> None:
+    import hydra
+    from omegaconf import DictConfig
+
+    @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+    def run_lifetime(cfg: DictConfig) -> float | None:
+        from hydra.core.hydra_config import HydraConfig
+
+        from agents.loop import Lifetime
+        from lifelong.summary import print_run_summary
+
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        try:
+            lifetime = Lifetime(cfg, run_dir)
+        except (ValueError, TypeError) as error:  # bad configuration: say so before any work
+            fail(str(error))
+        summary = lifetime.run(progress=bool(cfg.progress))
+        print_run_summary(summary, run_dir, console)
+        if cfg.get("reference"):
+            from agents.reference import run_reference_lifetimes
+
+            run_reference_lifetimes(cfg, run_dir, console)
+        acc = summary.get("cl", {}).get("acc")
+        return float(acc) if acc is not None else None
+
+    run_lifetime()
+
+
+def cmd_run(argv: list[str]) -> None:
+    check_group_overrides([a for a in argv if not a.startswith("-")])
+    sys.argv = ["lifelong run", *argv]
+    _run_app()
+
+
+# ---- other subcommands --------------------------------------------------------------------
+def cmd_compare(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="lifelong compare", description="Compare runs side by side.")
+    parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories or a multirun directory")
+    parser.add_argument("--out", type=Path, default=None, help="where to write compare.{csv,md,png}")
+    args = parser.parse_args(argv)
+    missing = [str(p) for p in args.run_dirs if not p.exists()]
+    if missing:
+        fail(f"no such run directory: {', '.join(missing)}")
+    from tracking.report import compare_runs
+
+    out_dir = args.out or (args.run_dirs[0] if len(args.run_dirs) == 1 else Path("runs") / "compare")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        table, png = compare_runs(list(args.run_dirs), out_dir)
+    except (ValueError, FileNotFoundError) as error:
+        fail(str(error))
+    from lifelong.summary import print_dataframe
+
+    print_dataframe(table, "runs compared", console)
+    console.print(f"figure: [bold]{png}[/]\ntable:  {out_dir / 'compare.md'}, {out_dir / 'compare.csv'}")
+
+
+def cmd_tensorboard(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="lifelong tensorboard", description="TensorBoard on 127.0.0.1.")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--port", type=int, default=6006)
+    args = parser.parse_args(argv)
+    if not args.run_dir.exists():
+        fail(f"no such run directory: {args.run_dir}")
+    exe = shutil.which("tensorboard")
+    if exe is None:
+        fail("tensorboard is not on PATH: activate the project's venv (. .venv/bin/activate)")
+    command = [exe, "--logdir", str(args.run_dir), "--host", "127.0.0.1", "--port", str(args.port)]
+    console.print(f"serving {args.run_dir} at http://127.0.0.1:{args.port}/ (Ctrl+C stops)")
+    raise SystemExit(subprocess.call(command))
+
+
+def cmd_streams(argv: list[str]) -> None:
+    from rich.table import Table
+
+    from envs.make import describe_streams
+
+    table = Table(title="task streams (configs/stream/)")
+    for column in ("stream", "tasks", "blocks", "schedule length"):
+        table.add_column(column)
+    for row in describe_streams():
+        length = row.get("schedule_length")
+        table.add_row(
+            row["name"], ", ".join(row["tasks"]), str(row["blocks"]), f"{length} {row.get('unit', '')}".strip()
+        )
+    console.print(table)
+
+
+def cmd_mixers(argv: list[str]) -> None:
+    from rich.table import Table
+
+    from memory_layers.registry import available_mixers, load_memory_config
+
+    table = Table(title="memory mixers (configs/memory/)")
+    table.add_column("memory")
+    table.add_column("class")
+    for name in available_mixers():
+        table.add_row(name, str(load_memory_config(name)["_target_"]))
+    console.print(table)
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "compare": cmd_compare,
+    "tensorboard": cmd_tensorboard,
+    "streams": cmd_streams,
+    "mixers": cmd_mixers,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        console.print(USAGE, highlight=False)
+        return
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        fail(f"unknown command {command!r}: choose one of {', '.join(COMMANDS)}")
+    COMMANDS[command](rest)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Printing a finished lifetime for the terminal: per-task table, final figures, where to look next."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.3f}"
+    return str(value)
+
+
+def print_run_summary(summary: dict[str, Any], run_dir: Path, console: Console) -> None:
+    """The end-of-run report of ``lifelong run``: per-task results, CL figures, TensorBoard command."""
+    tasks: dict[str, dict[str, Any]] = summary.get("tasks", {})
+    if tasks:
+        columns = sorted({key for row in tasks.values() for key in row})
+        table = Table(title="per-task results")
+        table.add_column("task")
+        for column in columns:
+            table.add_column(column, justify="right")
+        for name, row in tasks.items():
+            table.add_row(name, *(_fmt(row.get(c)) for c in columns))
+        console.print(table)
+    figures = {k: v for k, v in summary.get("cl", {}).items() if not isinstance(v, (dict, list))}
+    if figures:
+        console.print("  ".join(f"{k}={_fmt(v)}" for k, v in figures.items()))
+    run_dir = Path(run_dir).resolve()
+    console.print(f"run directory: [bold]{run_dir}[/]")
+    console.print(f"summary:       {run_dir / 'summary.json'}")
+    console.print(f"view it:       tensorboard --logdir {run_dir} --host 127.0.0.1", highlight=False)
+
+
+def print_dataframe(frame, title: str, console: Console) -> None:
+    """A pandas DataFrame as a rich table."""
+    table = Table(title=title)
+    index_name = frame.index.name or ""
+    table.add_column(str(index_name))
+    for column in frame.columns:
+        table.add_column(str(column), justify="right")
+    for index, row in frame.iterrows():
+        table.add_row(str(index), *(_fmt(v) for v in row.tolist()))
+    console.print(table)

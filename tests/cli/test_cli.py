@@ -1,0 +1,105 @@
+"""The ``lifelong`` console script as a user runs it."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LIFELONG = shutil.which("lifelong") or str(Path(sys.executable).parent / "lifelong")
+
+
+def lifelong(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+    env.pop("TRITON_INTERPRET", None)
+    return subprocess.run(
+        [LIFELONG, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+SMOKE = (
+    "memory=gated_deltanet", "stream=smoke", "stream.steps_per_task=150", "num_envs=2",
+    "total_steps=900", "agent.segment_length=32", "agent.d_model=32", "seed=1",
+    "tracker.probe_every=300", "tracker.probe_episodes=1", "tracker.log_every=100", "progress=false",
+)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    work = tmp_path_factory.mktemp("cli")
+    run_dir = work / "run"
+    result = lifelong("run", *SMOKE, f"hydra.run.dir={run_dir}", cwd=work)
+    return result, run_dir
+
+
+def test_run_finishes_and_says_where_to_look(smoke_run):
+    result, run_dir = smoke_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert str(run_dir.resolve()) in result.stdout
+    assert f"tensorboard --logdir {run_dir.resolve()} --host 127.0.0.1" in result.stdout
+    assert "per-task results" in result.stdout
+
+
+def test_run_writes_a_summary_with_finite_figures(smoke_run):
+    result, run_dir = smoke_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["tasks"], "summary.json lists no task"
+    for task, row in summary["tasks"].items():
+        for key, value in row.items():
+            if isinstance(value, float):
+                assert math.isfinite(value) or key.startswith(("fwt", "bwt")), (task, key, value)
+
+
+def test_run_logs_the_design_tags_to_tensorboard(smoke_run):
+    from tbparse import SummaryReader
+
+    result, run_dir = smoke_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    scalars = SummaryReader(str(run_dir)).scalars
+    tags = set(scalars["tag"])
+    for prefix in ("charts/sps", "losses/", "memory/layer0/state_norm"):
+        assert any(t.startswith(prefix) for t in tags), f"no {prefix} tag in {sorted(tags)}"
+    assert any(t.startswith("task/") and t.endswith("/return") for t in tags)
+    assert any(t.startswith("task/") and t.endswith("/success") for t in tags)
+    values = scalars["value"].astype(float)
+    assert values.map(math.isfinite).all(), scalars[~values.map(math.isfinite)]
+
+
+def test_unknown_mixer_is_a_one_line_error_naming_the_choices(tmp_path):
+    result = lifelong("run", "memory=nope", cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "unknown memory 'nope'" in lines[0] and "gated_deltanet" in lines[0]
+
+
+def test_unknown_stream_is_a_one_line_error_naming_the_choices(tmp_path):
+    result = lifelong("run", "stream=nope", cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert "unknown stream 'nope'" in result.stderr and "smoke" in result.stderr
+
+
+def test_heads_that_do_not_divide_the_width_fail_before_any_work(tmp_path):
+    result = lifelong("run", "stream=smoke", "agent.d_model=30", "memory.num_heads=4", cwd=tmp_path, timeout=180)
+    assert result.returncode == 2
+    assert "not divisible by num_heads" in result.stderr
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("summary.json"))
+
+
+def test_streams_lists_the_configured_streams(tmp_path):
+    result = lifelong("streams", cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for name in ("smoke", "mg-cycle"):
+        assert name in result.stdout
+
+
+def test_mixers_lists_the_configured_mixers(tmp_path):
+    result = lifelong("mixers", cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "gated_deltanet" in result.stdout
