@@ -81,33 +81,31 @@ def gated_delta_rule_chunk(
 
     # UT transform: solve (I + A) [U' | W] = diag(beta) [V | diag(e^gamma) K] for every chunk.
     kk = kc @ kc.transpose(-1, -2)  # [B, H, N, C, C]
-    a = (kk * decay).tril(-1) * bc[..., :, None]
+    # Only the strict lower triangle of ``a`` is read (unitriangular): no tril needed.
+    a = kk * (decay * bc[..., :, None])
     rhs = torch.cat([vc, k_dec], dim=-1) * bc[..., None]
-    x = torch.linalg.solve_triangular(a, rhs, upper=False, unitriangular=True)
-    u_prime, w = x[..., :V], x[..., V:]  # [B,H,N,C,V], [B,H,N,C,K]
+    # Solved as X^T (I + A)^T = RHS^T (upper, from the right): the same X, about 2x faster on CPU.
+    x = torch.linalg.solve_triangular(
+        a.transpose(-1, -2), rhs.transpose(-1, -2), upper=True, left=False, unitriangular=True
+    ).transpose(-1, -2)  # [U' | W]
 
-    # State-independent parts, all chunks at once.
+    # State-independent parts, all chunks at once (one matmul against [U' | W] each).
     p = (qc @ kc.transpose(-1, -2)) * decay  # [B, H, N, C, C], zero above the diagonal
-    o_intra = p @ u_prime  # [B, H, N, C, V]
-    q_eff = qg - p @ w  # [B, H, N, C, K]
-    kd_t = kd.transpose(-1, -2)
-    transition = -(kd_t @ w)  # [B, H, N, K, K]
-    if chunk_decay is None:
-        transition = transition + torch.eye(K, device=k.device)
-    else:
-        transition = transition + chunk_decay[..., None, None] * torch.eye(K, device=k.device)
-    write = kd_t @ u_prime  # [B, H, N, K, V]
+    o_intra, pw = (p @ x).split([V, K], dim=-1)  # P U' [B,H,N,C,V], P W [B,H,N,C,K]
+    q_eff = qg - pw  # [B, H, N, C, K]
+    write, kw = (kd.transpose(-1, -2) @ x).split([V, K], dim=-1)  # Kd^T U', Kd^T W
+    eye = torch.eye(K, device=k.device)
+    transition = (eye if chunk_decay is None else chunk_decay[..., None, None] * eye) - kw
 
     # The sequential part: one K x K by K x V matmul per chunk.
+    # unbind (not indexing) keeps the backward a stack instead of one zero-fill per chunk.
     starts = []
-    for n in range(transition.shape[2]):
+    S = S.reshape(B * H, K, V)
+    for m, w_n in zip(transition.flatten(0, 1).unbind(1), write.flatten(0, 1).unbind(1)):
         starts.append(S)
-        S = torch.baddbmm(
-            write[:, :, n].reshape(B * H, K, V),
-            transition[:, :, n].reshape(B * H, K, K),
-            S.reshape(B * H, K, V),
-        ).view(B, H, K, V)
-    s_starts = torch.stack(starts, dim=2)  # [B, H, N, K, V]
+        S = torch.baddbmm(w_n, m, S)
+    s_starts = torch.stack(starts, dim=1).view(B, H, -1, K, V)  # [B, H, N, K, V]
+    S = S.view(B, H, K, V)
 
     o = o_intra + q_eff @ s_starts  # [B, H, N, C, V]
     o = o.reshape(B, H, -1, V)[:, :, :T].movedim(2, 1)

@@ -1,0 +1,138 @@
+"""The lifelong agent (DESIGN.md section 5): input embedding -> memory backbone -> policy/value heads.
+
+Per token the input is ``encoder(obs) + action_emb[prev_action] + prev_reward * w_r + boundary * w_b``;
+``prev_action == num_actions`` means "no previous action" (first token of an episode). Acting runs one
+token per lifetime through ``Backbone.step`` under ``torch.inference_mode``; learning runs whole
+segments through the chunked ``Backbone.forward`` (:meth:`LifelongAgent.evaluate`).
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+from gymnasium import spaces
+
+from agents.encoders import ObservationEncoder, build_encoder
+from memory_layers.base import Backbone
+from memory_layers.registry import build_backbone
+
+Memory = tuple  # one mixer state per layer
+
+
+class ActOutput(NamedTuple):
+    action: torch.Tensor  # [B] long
+    log_prob: torch.Tensor  # [B] float
+    value: torch.Tensor  # [B] float
+    memory: Memory  # the backbone state after this token
+
+
+class EvalOutput(NamedTuple):
+    log_probs: torch.Tensor  # [B, T, A] log-softmax of the policy logits
+    value: torch.Tensor  # [B, T]
+    memory: Memory  # state after the last token
+
+
+def gumbel_max_sample(log_probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One categorical sample per row of ``log_probs`` ``[B, A]`` -> ``[B]`` long (Gumbel-max trick)."""
+    u = torch.rand(log_probs.shape, generator=generator, device=log_probs.device).clamp_(1e-20, 1.0)
+    return torch.argmax(log_probs - torch.log(-torch.log(u)), dim=-1)
+
+
+class LifelongAgent(nn.Module):
+    """Observation encoder + previous action/reward/boundary embeddings + memory backbone + heads."""
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        memory_cfg: Any,
+        d_model: int,
+        num_layers: int,
+        mlp_ratio: float = 2.0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(action_space, spaces.Discrete) or action_space.start != 0:
+            raise ValueError(f"the agent needs a Discrete(n) action space starting at 0, got {action_space}")
+        self.num_actions = int(action_space.n)
+        self.d_model = d_model
+        self.encoder: ObservationEncoder = build_encoder(observation_space, d_model)
+        self.prev_action = nn.Embedding(self.num_actions + 1, d_model)  # last row: no previous action
+        self.reward_in = nn.Parameter(torch.randn(d_model) * 0.1)
+        self.boundary_in = nn.Parameter(torch.randn(d_model) * 0.1)
+        nn.init.normal_(self.prev_action.weight, std=0.1)
+        self.backbone: Backbone = build_backbone(memory_cfg, d_model, num_layers, mlp_ratio)
+        self.policy_head = nn.Linear(d_model, self.num_actions)
+        self.value_head = nn.Linear(d_model, 1)
+        nn.init.orthogonal_(self.policy_head.weight, gain=0.01)
+        nn.init.zeros_(self.policy_head.bias)
+        nn.init.orthogonal_(self.value_head.weight, gain=1.0)
+        nn.init.zeros_(self.value_head.bias)
+
+    # ---- memory -------------------------------------------------------------------------------
+    def initial_memory(self, batch_size: int, device: torch.device | str) -> Memory:
+        """A fresh memory: one mixer state per layer, batch ``batch_size``."""
+        return self.backbone.init_state(batch_size, device)
+
+    def reset_memory(self, memory: Memory, mask: torch.Tensor) -> Memory:
+        """Fresh state for the lifetimes where ``mask`` ``[B]`` is True (reset ablations)."""
+        return self.backbone.reset_state(memory, mask)
+
+    def obs_to_tensor(self, obs: dict[str, np.ndarray], device: torch.device | str) -> dict[str, torch.Tensor]:
+        return self.encoder.obs_to_tensor(obs, device)
+
+    # ---- shared pieces ------------------------------------------------------------------------
+    def embed(
+        self,
+        obs: dict[str, torch.Tensor],
+        prev_action: torch.Tensor,
+        prev_reward: torch.Tensor,
+        boundary: torch.Tensor,
+    ) -> torch.Tensor:
+        """Inputs with leading dims ``[*]`` (``[B]`` or ``[B, T]``) -> tokens ``[*, D]``."""
+        x = self.encoder(obs) + self.prev_action(prev_action.long())
+        x = x + prev_reward.to(x.dtype).unsqueeze(-1) * self.reward_in
+        return x + boundary.to(x.dtype).unsqueeze(-1) * self.boundary_in
+
+    def heads(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features ``[*, D]`` -> (log-probs ``[*, A]``, value ``[*]``)."""
+        return torch.log_softmax(self.policy_head(h).float(), dim=-1), self.value_head(h).squeeze(-1).float()
+
+    # ---- acting -------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def act(
+        self,
+        obs: dict[str, torch.Tensor],
+        prev_action: torch.Tensor,
+        prev_reward: torch.Tensor,
+        boundary: torch.Tensor,
+        memory: Memory,
+        deterministic: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> ActOutput:
+        """One token per lifetime: obs ``[B, ...]``, prev_action ``[B]`` long, prev_reward ``[B]``,
+        boundary ``[B]`` bool -> action, log-prob, value ``[B]`` and the memory after the token.
+        Actions are sampled with ``generator`` (the global torch RNG when None)."""
+        h, memory = self.backbone.step(self.embed(obs, prev_action, prev_reward, boundary), memory)
+        log_probs, value = self.heads(h)
+        action = log_probs.argmax(-1) if deterministic else gumbel_max_sample(log_probs, generator)
+        return ActOutput(action, log_probs.gather(-1, action[:, None]).squeeze(-1), value, memory)
+
+    # ---- learning -----------------------------------------------------------------------------
+    def evaluate(
+        self,
+        obs: dict[str, torch.Tensor],
+        prev_action: torch.Tensor,
+        prev_reward: torch.Tensor,
+        boundary: torch.Tensor,
+        memory: Memory,
+        reset: torch.Tensor | None = None,
+    ) -> EvalOutput:
+        """Whole segments through the chunked backbone: inputs ``[B, T, ...]`` from the state
+        ``memory`` at the segment start; ``reset`` ``[B, T]`` bool clears the memory before token t
+        (reset ablations only). Returns log-probs ``[B, T, A]``, values ``[B, T]`` and the end state."""
+        x = self.embed(obs, prev_action, prev_reward, boundary)
+        h, memory = self.backbone(x, memory, reset)
+        log_probs, value = self.heads(h)
+        return EvalOutput(log_probs, value, memory)

@@ -1,0 +1,109 @@
+"""Throughput of the lifelong loop (DESIGN.md section 10): env steps per second including learning.
+
+DoorKey-5x5 alone, ``--num-envs`` lifetimes, a ``--layers``-block backbone of ``--memory`` at width
+``--d-model``, PPO on ``--segment``-token segments. Prints the steps/s and the time per env step
+spent stepping envs, acting and learning.
+
+    python benchmarks/throughput.py --threads 2 --segments 20
+    python benchmarks/throughput.py --threads 2 --compile     # torch.compile of acting and learner
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from omegaconf import OmegaConf
+
+DOORKEY_STREAM = {
+    "name": "doorkey",
+    "description": "DoorKey-5x5 alone",
+    "unit": "steps",
+    "steps_per_task": 10**9,
+    "expose_task_id": False,
+    "tasks": {"doorkey": {"env_id": "MiniGrid-DoorKey-5x5-v0"}},
+    "schedule": {"type": "blocked", "order": ["doorkey"]},
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--num-envs", type=int, default=8)
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--memory", default="gated_deltanet")
+    p.add_argument("--segment", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--segments", type=int, default=20, help="timed segments (after --warmup)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from agents.buffer import RolloutBuffer
+    from agents.loop import RolloutCollector
+    from agents.policy import LifelongAgent
+    from agents.ppo import PPOConfig, PPOLearner
+    from envs.make import make_vector_env
+    from memory_layers.registry import load_memory_config
+
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    env = make_vector_env(OmegaConf.create(DOORKEY_STREAM), args.num_envs, seed=0)
+    agent = LifelongAgent(env.single_observation_space, env.single_action_space, load_memory_config(args.memory),
+                          args.d_model, args.layers).to(device)
+    if args.compile:
+        agent.backbone.step = torch.compile(agent.backbone.step, dynamic=False)
+    learner = PPOLearner(agent, PPOConfig(update_epochs=args.epochs), compile=args.compile)
+    collector = RolloutCollector(env, agent, device=device)
+    collector.reset(seed=0)
+    buf = RolloutBuffer(args.num_envs, args.segment, device)
+
+    # time env stepping apart from acting by wrapping the vector env's step
+    env_time = [0.0]
+    raw_step = env.step
+
+    def timed_step(actions):
+        t = time.perf_counter()
+        out = raw_step(actions)
+        env_time[0] += time.perf_counter() - t
+        return out
+
+    env.step = timed_step
+    t_collect = t_learn = 0.0
+    episodes = successes = 0
+    for i in range(args.warmup + args.segments):
+        if i == args.warmup:
+            env_time[0], t_collect, t_learn, episodes, successes = 0.0, 0.0, 0.0, 0, 0
+        t0 = time.perf_counter()
+        collector.collect(buf)
+        t1 = time.perf_counter()
+        learner.update(buf)
+        t2 = time.perf_counter()
+        t_collect += t1 - t0
+        t_learn += t2 - t1
+        episodes += int(buf.done.sum())
+        successes += int((buf.done & (buf.reward > 0)).sum())
+    steps = args.segments * args.segment * args.num_envs
+    total = t_collect + t_learn
+    result = {
+        "steps_per_s": round(steps / total, 1),
+        "ms_per_env_step": {
+            "env": round(1e3 * env_time[0] / steps, 4),
+            "acting": round(1e3 * (t_collect - env_time[0]) / steps, 4),
+            "learning": round(1e3 * t_learn / steps, 4),
+        },
+        "config": {k: v for k, v in vars(args).items()},
+        "env_steps_timed": steps,
+        "episodes": episodes,
+        "success_rate": round(successes / max(episodes, 1), 3),
+        "torch_threads": torch.get_num_threads(),
+    }
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Building streams from ``configs/stream/<name>.yaml``: the entry points other packages call.
+
+A stream config (a Hydra group file; a DictConfig or a plain dict)::
+
+    name: smoke
+    unit: steps              # what block durations count: steps | episodes
+    steps_per_task: 200      # default block duration (episodes_per_task when unit: episodes)
+    expose_task_id: false    # add the task id to the observation
+    recall_vocab: null       # recall streams: {num_keys, num_values} shared by every task
+    tasks: {<name>: {env_id: ..., shifts: [...]} | {recall: {num_pairs, gap}}}
+    schedule: {type, order, cycles, durations, duration_range, seed}   # see envs.schedules
+
+Invalid configs raise ``ValueError`` with one line naming the valid choices, before any env steps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+from envs.schedules import Schedule, build_schedule
+from envs.stream import StreamEnv
+from envs.tasks import TaskSpec, to_plain, parse_tasks
+
+STREAM_DIR = Path(__file__).resolve().parent.parent / "configs" / "stream"
+STREAM_KEYS = {"name", "description", "unit", "steps_per_task", "episodes_per_task", "expose_task_id",
+               "recall_vocab", "tasks", "schedule"}
+PROBE_DURATION = 1 << 62  # a single-task probe env never switches
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """A validated stream config: the task specs, one pass of the schedule and the options."""
+
+    name: str
+    tasks: dict[str, TaskSpec]
+    schedule: Schedule
+    task_names: list[str]
+    expose_task_id: bool
+    recall_vocab: dict[str, int] | None
+
+
+def available_streams() -> list[str]:
+    """Names of the configured streams (``configs/stream/*.yaml``), sorted."""
+    return sorted(p.stem for p in STREAM_DIR.glob("*.yaml"))
+
+
+def load_stream_config(name: str):
+    """Load ``configs/stream/<name>.yaml`` as a DictConfig (``ValueError`` naming the choices if absent)."""
+    from omegaconf import OmegaConf
+
+    path = STREAM_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown stream {name!r}: choose stream=<name> from {', '.join(available_streams())}")
+    return OmegaConf.load(path)
+
+
+def _recall_vocab(raw: Any, tasks: dict[str, TaskSpec]) -> dict[str, int] | None:
+    recall_tasks = [t for t in tasks.values() if t.recall is not None]
+    if not recall_tasks:
+        if raw:
+            raise ValueError("`recall_vocab` is set but no task is a recall task: remove it or add recall tasks")
+        return None
+    raw = dict(raw or {})
+    bad = set(raw) - {"num_keys", "num_values"}
+    if bad:
+        raise ValueError(f"recall_vocab has unknown key(s) {sorted(bad)}: allowed are ['num_keys', 'num_values']")
+    most = max(t.recall["num_pairs"] for t in recall_tasks)
+    vocab = {"num_keys": int(raw.get("num_keys") or most), "num_values": int(raw.get("num_values") or 8)}
+    if vocab["num_keys"] < most:
+        raise ValueError(
+            f"recall_vocab.num_keys={vocab['num_keys']} is smaller than the largest num_pairs={most}: "
+            f"raise num_keys to at least {most}"
+        )
+    if vocab["num_values"] < 2:
+        raise ValueError(f"recall_vocab.num_values must be >= 2, got {vocab['num_values']}")
+    return vocab
+
+
+def validate_stream_config(stream_cfg: Any) -> StreamSpec:
+    """Check a stream config without building or stepping any env; return its :class:`StreamSpec`."""
+    cfg = to_plain(stream_cfg)
+    if not isinstance(cfg, dict):
+        raise ValueError(f"a stream config must be a mapping (configs/stream/<name>.yaml), got {type(cfg).__name__}")
+    name = str(cfg.get("name") or "stream")
+    unknown = set(cfg) - STREAM_KEYS
+    if unknown:
+        raise ValueError(f"stream {name!r}: unknown key(s) {sorted(unknown)}: allowed are {sorted(STREAM_KEYS)}")
+    try:
+        tasks = parse_tasks(cfg.get("tasks"))
+        unit = str(cfg.get("unit", "steps"))
+        default = cfg.get("steps_per_task") if unit == "steps" else cfg.get("episodes_per_task")
+        schedule = build_schedule(cfg.get("schedule") or {}, list(tasks), unit, default)
+        recall_vocab = _recall_vocab(cfg.get("recall_vocab"), tasks)
+    except ValueError as error:
+        raise ValueError(f"stream {name!r}: {error}") from None
+    task_names = list(dict.fromkeys(t for t, _ in schedule.blocks))
+    return StreamSpec(name=name, tasks=tasks, schedule=schedule, task_names=task_names,
+                      expose_task_id=bool(cfg.get("expose_task_id", False)), recall_vocab=recall_vocab)
+
+
+def make_stream(stream_cfg: Any, seed: int) -> StreamEnv:
+    """One lifetime's stream env, seeded ``seed`` (its first ``reset()`` uses it)."""
+    spec = validate_stream_config(stream_cfg)
+    return StreamEnv(spec.tasks, spec.schedule, seed=seed, expose_task_id=spec.expose_task_id,
+                     task_names=spec.task_names, recall_vocab=spec.recall_vocab, name=spec.name)
+
+
+def make_vector_env(stream_cfg: Any, num_envs: int, seed: int) -> SyncVectorEnv:
+    """``num_envs`` lifetimes on the same schedule, lifetime i seeded ``seed + i``; NEXT_STEP autoreset.
+
+    Call ``reset(seed=seed)`` (or ``reset()``) on it to start; per-env infos come through
+    vectorised, with ``_<key>`` masks for the keys only some envs report on a step.
+    """
+    if int(num_envs) < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    validate_stream_config(stream_cfg)
+    fns = [(lambda i=i: make_stream(stream_cfg, seed + i)) for i in range(int(num_envs))]
+    return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.NEXT_STEP)
+
+
+def make_task_env(stream_cfg: Any, task_name: str, seed: int) -> StreamEnv:
+    """One task of the stream, with its shifts and the stream's observation processing (for probes).
+
+    It is a single-block :class:`StreamEnv` that never switches, so its observation space (task id
+    included, numbered as in the stream) and its info keys are those of the full stream.
+    """
+    spec = validate_stream_config(stream_cfg)
+    if task_name not in spec.tasks:
+        raise ValueError(f"stream {spec.name!r} has no task {task_name!r}: choose from {', '.join(spec.tasks)}")
+    names = spec.task_names if task_name in spec.task_names else [*spec.task_names, task_name]
+    schedule = Schedule(blocks=((task_name, PROBE_DURATION),), unit="steps")
+    return StreamEnv(spec.tasks, schedule, seed=seed, expose_task_id=spec.expose_task_id, task_names=names,
+                     recall_vocab=spec.recall_vocab, name=f"{spec.name}/{task_name}")
+
+
+def describe_streams() -> list[dict[str, Any]]:
+    """Per configured stream: ``name``, ``tasks``, ``blocks``, ``schedule_length``, ``unit``."""
+    rows = []
+    for name in available_streams():
+        spec = validate_stream_config(load_stream_config(name))
+        rows.append({"name": name, "tasks": spec.task_names, "blocks": len(spec.schedule.blocks),
+                     "schedule_length": spec.schedule.length, "unit": spec.schedule.unit})
+    return rows
+
+
+def vector_state_dict(vec: SyncVectorEnv) -> dict[str, Any]:
+    """Checkpoint of a vector env of streams: every stream's state and the pending autoresets."""
+    return {"streams": [env.state_dict() for env in vec.envs],
+            "autoreset": [bool(x) for x in vec._autoreset_envs]}
+
+
+def load_vector_state_dict(vec: SyncVectorEnv, state: dict[str, Any]) -> None:
+    """Restore :func:`vector_state_dict` into a vector env built from the same config and size."""
+    if len(state["streams"]) != len(vec.envs):
+        raise ValueError(f"vector state has {len(state['streams'])} streams, the env {len(vec.envs)}: use num_envs equal")
+    for env, sd in zip(vec.envs, state["streams"]):
+        env.load_state_dict(sd)
+    vec._autoreset_envs[:] = state["autoreset"]
+
+
+def stream_of(env: gym.Env) -> StreamEnv:
+    """The :class:`StreamEnv` under ``env`` (for callers holding a wrapped stream)."""
+    inner = env.unwrapped
+    if not isinstance(inner, StreamEnv):
+        raise TypeError(f"{type(inner).__name__} is not a StreamEnv")
+    return inner

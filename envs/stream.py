@@ -1,0 +1,245 @@
+"""StreamEnv: one lifetime's unbounded stream of tasks behind a single Gymnasium env.
+
+The stream walks a :class:`~envs.schedules.Schedule` of blocks ``(task_name, duration)``; when the
+schedule is exhausted it starts again (a lifetime never ends). Block boundaries sit at fixed
+positions of the stream (cumulative durations, in env steps or episodes); the switch to the next
+block takes effect at the first episode boundary (reset) at or after the boundary, and never skips
+a block. All tasks share one observation and action space.
+
+``info`` on every step and reset: ``task_id``, ``task_name``, ``task_switch`` (True on the reset
+that starts a new block), ``visit`` (1 on a task's first block), ``block_index`` (counts blocks over
+the whole lifetime). On an episode's last step also ``episode_return``, ``episode_length`` and
+``episode_success``.
+"""
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from envs.schedules import Schedule
+from envs.tasks import TaskSpec, build_task_env
+
+STATE_VERSION = 1
+
+
+class StreamEnv(gym.Env):
+    """A schedule of shifted tasks as one env (see the module docstring for the semantics).
+
+    Args:
+        tasks: the task specs by name (at least every task the schedule names).
+        schedule: one pass of blocks.
+        seed: the seed used by the first ``reset()`` when none is given.
+        expose_task_id: add ``task_id = Discrete(len(task_names))`` to the observation.
+        task_names: the id order of the tasks (default: order of first appearance in the schedule);
+            a single-task probe env passes the full stream's order so ids match.
+        recall_vocab: ``{num_keys, num_values}`` shared by every recall task.
+        name: the stream's name (for messages).
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, tasks: dict[str, TaskSpec], schedule: Schedule, seed: int = 0,
+                 expose_task_id: bool = False, task_names: list[str] | None = None,
+                 recall_vocab: dict[str, int] | None = None, name: str = "stream") -> None:
+        if not schedule.blocks:
+            raise ValueError(f"stream {name!r}: the schedule is empty: give schedule.order a task name")
+        scheduled = list(dict.fromkeys(task for task, _ in schedule.blocks))
+        self.task_names: list[str] = list(task_names) if task_names is not None else scheduled
+        missing = [t for t in scheduled if t not in self.task_names or t not in tasks]
+        if missing:
+            raise ValueError(f"stream {name!r}: schedule names undefined task(s) {missing}: define them under `tasks`")
+        self.name = name
+        self.schedule: list[tuple[str, int]] = [(t, int(d)) for t, d in schedule.blocks]
+        self.duration_unit: str = schedule.unit
+        self.schedule_steps: int | None = schedule.length if schedule.unit == "steps" else None
+        self.expose_task_id = bool(expose_task_id)
+        self._pass_length = schedule.length
+        self._ends = schedule.ends()
+        self._block_task = [self.task_names.index(t) for t, _ in self.schedule]
+        # one env per scheduled task, indexed by task id (None for ids this stream never visits)
+        self._envs: list[gym.Env | None] = [None] * len(self.task_names)
+        for task in scheduled:
+            self._envs[self.task_names.index(task)] = build_task_env(tasks[task], recall_vocab)
+        self._check_spaces(scheduled)
+        first = self._envs[self._block_task[0]]
+        self.action_space = first.action_space
+        obs_space = first.observation_space
+        if self.expose_task_id:
+            obs_space = spaces.Dict({**obs_space.spaces, "task_id": spaces.Discrete(len(self.task_names))})
+        self.observation_space = obs_space
+        self._seed = int(seed)
+        self._restart(self._seed)
+
+    # ---- construction helpers ------------------------------------------------------------
+    def _check_spaces(self, scheduled: list[str]) -> None:
+        ref_name = scheduled[0]
+        ref = self._envs[self.task_names.index(ref_name)]
+        if not isinstance(ref.observation_space, spaces.Dict):
+            raise ValueError(
+                f"stream {self.name!r}: task {ref_name!r} has a non-Dict observation space "
+                f"{ref.observation_space}: streams need Dict observations (MiniGrid or recall tasks)"
+            )
+        for task in scheduled[1:]:
+            env = self._envs[self.task_names.index(task)]
+            for what in ("observation_space", "action_space"):
+                a, b = getattr(ref, what), getattr(env, what)
+                if a != b:
+                    raise ValueError(
+                        f"stream {self.name!r}: tasks {ref_name!r} and {task!r} have different {what.replace('_', ' ')}s "
+                        f"({a} vs {b}): every task of a stream must share one space; pick tasks that do"
+                    )
+
+    def _restart(self, seed: int) -> None:
+        """Go back to the start of the schedule; per-task seeds are derived from ``seed``."""
+        self._block = 0                      # global block counter (over every pass)
+        self._units = 0                      # steps or episodes done in this lifetime
+        self._visits = [0] * len(self.task_names)
+        self._started = False                # whether block 0 has begun
+        task_seeds = np.random.SeedSequence(int(seed)).generate_state(len(self.task_names), dtype=np.uint32)
+        self._pending_seeds: list[int | None] = [int(s) for s in task_seeds]
+        self._episode_return = 0.0
+        self._episode_length = 0
+        self._needs_reset = True
+        self._steps = 0                      # env steps in this lifetime (for diagnostics)
+
+    # ---- position --------------------------------------------------------------------------
+    def _block_end(self, block: int) -> int:
+        passes, i = divmod(block, len(self.schedule))
+        return passes * self._pass_length + int(self._ends[i])
+
+    @property
+    def block_index(self) -> int:
+        return self._block
+
+    @property
+    def task_id(self) -> int:
+        return self._block_task[self._block % len(self.schedule)]
+
+    @property
+    def task_name(self) -> str:
+        return self.task_names[self.task_id]
+
+    @property
+    def lifetime_steps(self) -> int:
+        """Env steps taken in this lifetime (resets excluded)."""
+        return self._steps
+
+    def _info(self, switch: bool) -> dict[str, Any]:
+        tid = self.task_id
+        return {"task_id": tid, "task_name": self.task_names[tid], "task_switch": switch,
+                "visit": self._visits[tid], "block_index": self._block}
+
+    def _observe(self, obs: dict[str, Any]) -> dict[str, Any]:
+        if self.expose_task_id:
+            return {**obs, "task_id": self.task_id}
+        return obs
+
+    # ---- gymnasium API -----------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Start the next episode; a new block begins here if the current one has run its course.
+
+        ``seed`` restarts the stream from the beginning of its schedule with that seed.
+        """
+        super().reset(seed=seed)
+        if seed is not None:
+            self._restart(seed)
+        switch = False
+        if not self._started:
+            self._started, switch = True, True
+        elif self._units >= self._block_end(self._block):
+            self._block += 1
+            switch = True
+        tid = self.task_id
+        if switch:
+            self._visits[tid] += 1
+        env = self._envs[tid]
+        task_seed, self._pending_seeds[tid] = self._pending_seeds[tid], None
+        obs, _ = env.reset(seed=task_seed)
+        self._episode_return = 0.0
+        self._episode_length = 0
+        self._needs_reset = False
+        return self._observe(obs), self._info(switch)
+
+    def step(self, action: Any):
+        if self._needs_reset:
+            raise RuntimeError(f"stream {self.name!r}: call reset() before step() (the episode has ended)")
+        obs, reward, terminated, truncated, inner = self._envs[self.task_id].step(action)
+        reward = float(reward)
+        self._steps += 1
+        self._episode_return += reward
+        self._episode_length += 1
+        info = self._info(False)
+        if self.duration_unit == "steps":
+            self._units += 1
+        if terminated or truncated:
+            self._needs_reset = True
+            if self.duration_unit == "episodes":
+                self._units += 1
+            info["episode_return"] = self._episode_return
+            info["episode_length"] = self._episode_length
+            info["episode_success"] = float(inner.get("success", float(self._episode_return > 0)))
+        return self._observe(obs), reward, bool(terminated), bool(truncated), info
+
+    def close(self) -> None:
+        for env in self._envs:
+            if env is not None:
+                env.close()
+        super().close()
+
+    # ---- checkpointing -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The full position: schedule index, units into it, visits, episode so far, every RNG.
+
+        The task envs (their current episode and RNG, and the shift wrappers' RNG) are stored as a
+        pickled snapshot (``bytes``), so a restored stream continues identically mid-episode.
+        """
+        return {
+            "version": STATE_VERSION,
+            "name": self.name,
+            "task_names": list(self.task_names),
+            "schedule": [list(b) for b in self.schedule],
+            "unit": self.duration_unit,
+            "block": self._block,
+            "units": self._units,
+            "steps": self._steps,
+            "visits": list(self._visits),
+            "started": self._started,
+            "pending_seeds": list(self._pending_seeds),
+            "episode_return": self._episode_return,
+            "episode_length": self._episode_length,
+            "needs_reset": self._needs_reset,
+            "seed": self._seed,
+            "np_random": self.np_random.bit_generator.state,
+            "envs": pickle.dumps(self._envs),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a position saved by :meth:`state_dict` (the same stream config is required)."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"stream state version {state.get('version')} is not {STATE_VERSION}: re-create the checkpoint")
+        if list(state["task_names"]) != self.task_names or [tuple(b) for b in state["schedule"]] != self.schedule \
+                or state["unit"] != self.duration_unit:
+            raise ValueError(
+                f"stream state was saved from a different stream (tasks {state['task_names']}): "
+                f"load it into a stream built from the same config as {self.name!r}"
+            )
+        self._block = int(state["block"])
+        self._units = int(state["units"])
+        self._steps = int(state["steps"])
+        self._visits = [int(v) for v in state["visits"]]
+        self._started = bool(state["started"])
+        self._pending_seeds = [None if s is None else int(s) for s in state["pending_seeds"]]
+        self._episode_return = float(state["episode_return"])
+        self._episode_length = int(state["episode_length"])
+        self._needs_reset = bool(state["needs_reset"])
+        self._seed = int(state["seed"])
+        self.np_random.bit_generator.state = state["np_random"]
+        envs = pickle.loads(state["envs"])
+        for old in self._envs:
+            if old is not None:
+                old.close()
+        self._envs = envs

@@ -1,0 +1,123 @@
+"""Attention family: softmax attention (growing cache), sliding window, LoLA.
+
+Every op is ``op(q, k, v, state, *, ..., backend="auto") -> (o, state)`` with q, k ``[B, T, H, K]``,
+v ``[B, T, H, V]``, o ``[B, T, H, V]``; ``*_step`` ops take one token (``[B, H, K]``). ``state=None``
+means an empty cache. States (``kernels/attention/states.py``):
+
+- ``KVCache(k [B,H,N,K], v [B,H,N,V], valid [B,N])``: N grows by T per call (nonparametric);
+- ``WindowCache(k [B,H,w,K], v [B,H,w,V], valid [B,w])``: the last w pairs;
+- ``LoLAState``: linear state (S, z), window of eta pairs, sparse cache of lambda pairs.
+
+No positional encoding is applied anywhere. There is no Triton kernel for this family: the chunk
+forms are masked matmuls, which run as they are on CUDA tensors, so every backend (``auto``,
+``torch``, ``triton``) takes them; ``backend`` is still validated by ``resolve_backend``.
+"""
+from __future__ import annotations
+
+import torch
+
+from kernels.attention.chunk import lola_attn_chunk, sliding_window_attn_chunk, softmax_attn_chunk
+from kernels.attention.lola_select import check_selection
+from kernels.attention.reference import (
+    lola_attn_reference, lola_attn_step as _lola_attn_step_torch, sliding_window_attn_reference,
+    sliding_window_attn_step as _sliding_window_attn_step_torch, softmax_attn_reference,
+    softmax_attn_step as _softmax_attn_step_torch,
+)
+from kernels.attention.states import (
+    SELECTIONS, KVCache, LoLAState, WindowCache, empty_kv_cache, empty_lola_state, empty_window_cache,
+)
+from kernels.backend import resolve_backend
+
+__all__ = [
+    "SELECTIONS", "KVCache", "LoLAState", "WindowCache",
+    "empty_kv_cache", "empty_lola_state", "empty_window_cache",
+    "softmax_attn", "softmax_attn_step", "softmax_attn_chunk", "softmax_attn_reference",
+    "sliding_window_attn", "sliding_window_attn_step", "sliding_window_attn_chunk",
+    "sliding_window_attn_reference",
+    "lola_attn", "lola_attn_step", "lola_attn_chunk", "lola_attn_reference",
+]
+
+
+def _gate_tensor(gate: torch.Tensor | float, num_heads: int, like: torch.Tensor) -> torch.Tensor:
+    """The per-head mixing weight of the linear state, ``[H]`` in [0, 1]."""
+    g = torch.as_tensor(gate, dtype=torch.float32, device=like.device)
+    if g.dim() == 0:
+        g = g.expand(num_heads)
+    if g.shape != (num_heads,):
+        raise ValueError(f"gate must be a float or a [H] = [{num_heads}] tensor in [0, 1], got {tuple(g.shape)}")
+    return g
+
+
+def _check_lola_sizes(window: int, cache_size: int) -> None:
+    if window < 0 or cache_size < 0:
+        raise ValueError(f"window ({window}) and cache_size ({cache_size}) must be >= 0")
+
+
+def softmax_attn(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: KVCache | None, *,
+    scale: float | None = None, chunk_size: int = 64, backend: str = "auto",
+) -> tuple[torch.Tensor, KVCache]:
+    """Causal softmax attention over [cache | new tokens]; the cache grows by T."""
+    resolve_backend(backend, q)
+    return softmax_attn_chunk(q, k, v, state, scale=scale, chunk_size=chunk_size)
+
+
+def softmax_attn_step(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: KVCache | None, *,
+    scale: float | None = None, backend: str = "auto",
+) -> tuple[torch.Tensor, KVCache]:
+    """One token: q, k ``[B, H, K]``, v ``[B, H, V]`` -> o ``[B, H, V]``, cache grown by one."""
+    resolve_backend(backend, q)
+    return _softmax_attn_step_torch(q, k, v, state, scale=scale)
+
+
+def sliding_window_attn(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: WindowCache | None, *, window: int,
+    scale: float | None = None, chunk_size: int = 64, backend: str = "auto",
+) -> tuple[torch.Tensor, WindowCache]:
+    """Softmax over the last ``window`` pairs (the token itself included)."""
+    resolve_backend(backend, q)
+    return sliding_window_attn_chunk(q, k, v, state, window=window, scale=scale, chunk_size=chunk_size)
+
+
+def sliding_window_attn_step(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: WindowCache | None, *, window: int,
+    scale: float | None = None, backend: str = "auto",
+) -> tuple[torch.Tensor, WindowCache]:
+    """One token of :func:`sliding_window_attn`: ``[B, H, K]`` -> ``[B, H, V]``."""
+    resolve_backend(backend, q)
+    return _sliding_window_attn_step_torch(q, k, v, state, window=window, scale=scale)
+
+
+def lola_attn(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LoLAState | None, *, window: int,
+    cache_size: int, gate: torch.Tensor | float = 0.5, selection: str = "sre",
+    scale: float | None = None, chunk_size: int = 64, backend: str = "auto",
+) -> tuple[torch.Tensor, LoLAState]:
+    """LoLA (window ``eta`` = window, sparse cache ``lambda`` = cache_size, linear state with elu+1).
+
+    gate: weight g of the linear state per head (``[H]`` or a float). selection: ``sre`` (the paper),
+    ``recency`` or ``random`` (ablations). With window = cache_size = 0 this is linear attention.
+    """
+    resolve_backend(backend, q)
+    check_selection(selection)
+    _check_lola_sizes(window, cache_size)
+    return lola_attn_chunk(
+        q, k, v, state, window=window, cache_size=cache_size, gate=_gate_tensor(gate, q.shape[2], q),
+        selection=selection, scale=scale, chunk_size=chunk_size,
+    )
+
+
+def lola_attn_step(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LoLAState | None, *, window: int,
+    cache_size: int, gate: torch.Tensor | float = 0.5, selection: str = "sre",
+    scale: float | None = None, backend: str = "auto",
+) -> tuple[torch.Tensor, LoLAState]:
+    """One token of :func:`lola_attn`: q, k ``[B, H, K]``, v ``[B, H, V]`` -> o ``[B, H, V]``."""
+    resolve_backend(backend, q)
+    check_selection(selection)
+    _check_lola_sizes(window, cache_size)
+    return _lola_attn_step_torch(
+        q, k, v, state, window=window, cache_size=cache_size, gate=_gate_tensor(gate, q.shape[1], q),
+        selection=selection, scale=scale,
+    )

@@ -1,0 +1,133 @@
+"""Softmax attention with a growing KV cache: the nonparametric reference mixer.
+
+Per head: o_t = sum_{s <= t} softmax_s(q_t . k_s / sqrt(K)) v_s over every pair of the lifetime
+(since the last reset). The cache grows by one pair per token, so memory and per-step cost grow
+with the lifetime: this is the baseline the parametric mixers are measured against, not a mixer
+for unbounded runs (``max_cache`` turns runaway growth into a clear error).
+
+No positional encoding: a lifetime is unbounded, so absolute positions (RoPE angles, learned
+tables) would leave their trained range; order reaches the mixer through its inputs.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from kernels.attention import KVCache, empty_kv_cache, softmax_attn, softmax_attn_step
+from kernels.backend import BACKENDS
+from memory_layers.base import MemoryMixer, State, state_nbytes
+
+
+class AttentionProjections(MemoryMixer):
+    """q, k, v and output projections shared by the attention-family mixers (no biases).
+
+    x ``[..., D]`` -> q, k, v ``[..., H, K]``; head outputs ``[..., H, V]`` -> y ``[..., D]``.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, chunk_size: int = 64, backend: str = "auto") -> None:
+        super().__init__(d_model, num_heads)
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}: choose one of {BACKENDS}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.chunk_size = chunk_size
+        self.backend = backend
+        d = d_model
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, d, bias=False)
+        self.v_proj = nn.Linear(d, d, bias=False)
+        self.o_proj = nn.Linear(d, d, bias=False)
+
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        heads = (*x.shape[:-1], self.num_heads, self.head_dim)
+        return self.q_proj(x).view(heads), self.k_proj(x).view(heads), self.v_proj(x).view(heads)
+
+    def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.o_proj(o.to(x.dtype).flatten(-2))
+
+    def _check_x(self, x: torch.Tensor, single_token: bool) -> None:
+        if single_token and (x.dim() != 2 or x.shape[-1] != self.d_model):
+            raise ValueError(f"x must be [B, {self.d_model}] (one token), got {tuple(x.shape)}")
+        if not single_token and (x.dim() != 3 or x.shape[-1] != self.d_model):
+            raise ValueError(f"x must be [B, T, {self.d_model}], got {tuple(x.shape)}")
+
+
+def _values_norm(v: torch.Tensor, valid: torch.Tensor) -> float:
+    """Mean over (B, H) of the Frobenius norm of the valid cached values: v ``[B, H, N, V]``, valid ``[B, (H,) N]``."""
+    mask = valid[:, None, :, None] if valid.dim() == 2 else valid[..., None]
+    return float((v * mask).float().norm(dim=(-2, -1)).mean()) if v.numel() else 0.0
+
+
+class SoftmaxAttention(AttentionProjections):
+    """Causal softmax attention over the whole lifetime: x ``[B, T, D]`` -> y ``[B, T, D]``, state
+    :class:`KVCache` (k ``[B, H, N, K]``, v ``[B, H, N, V]``, valid ``[B, N]``) growing by T per call."""
+
+    parametric = False
+
+    def __init__(
+        self, d_model: int, num_heads: int, backend: str = "auto", max_cache: int | None = None,
+        chunk_size: int = 64,
+    ) -> None:
+        super().__init__(d_model, num_heads, chunk_size=chunk_size, backend=backend)
+        if max_cache is not None and max_cache < 1:
+            raise ValueError(f"max_cache must be None (unbounded) or >= 1, got {max_cache}")
+        self.max_cache = max_cache
+
+    def init_state(self, batch_size: int, device: torch.device | str) -> KVCache:
+        return empty_kv_cache(batch_size, self.num_heads, self.head_dim, self.head_dim, device)
+
+    def _check_state(self, x: torch.Tensor, state: KVCache, new_tokens: int) -> None:
+        if not isinstance(state, KVCache):
+            raise ValueError(f"state must be a KVCache from init_state(batch_size), got {type(state).__name__}")
+        n = state.k.shape[2]
+        if self.max_cache is not None and n + new_tokens > self.max_cache:
+            raise RuntimeError(
+                f"softmax attention's cache would hold {n + new_tokens} pairs, above max_cache="
+                f"{self.max_cache}: its memory grows with every token of the lifetime. For long "
+                f"lifetimes use a constant-memory mixer (memory=sliding_window, or memory=lola), or "
+                f"raise memory.max_cache"
+            )
+
+    def forward_chunk(self, x: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
+        """x ``[B, T, D]`` -> (y ``[B, T, D]``, cache grown by T)."""
+        self._check_x(x, single_token=False)
+        self._check_state(x, state, x.shape[1])
+        q, k, v = self._project(x)
+        o, state = softmax_attn(q, k, v, state, chunk_size=self.chunk_size, backend=self.backend)
+        return self._output(o, x), state
+
+    def step(self, x: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
+        """x ``[B, D]`` -> (y ``[B, D]``, cache grown by one)."""
+        self._check_x(x, single_token=True)
+        self._check_state(x, state, 1)
+        q, k, v = self._project(x)
+        o, state = softmax_attn_step(q, k, v, state, backend=self.backend)
+        return self._output(o, x), state
+
+    def reset_state(self, state: KVCache, mask: torch.Tensor) -> KVCache:
+        """Invalidate the cache of the lifetimes where ``mask`` ``[B]`` is True, then drop the leading
+        entries that no lifetime can see any more."""
+        if not bool(mask.any()):
+            return state
+        valid = state.valid & ~mask[:, None]
+        seen = valid.any(0)
+        first = int(torch.nonzero(seen)[0]) if bool(seen.any()) else valid.shape[1]
+        return KVCache(state.k[:, :, first:], state.v[:, :, first:], valid[:, first:])
+
+    def state_metrics(self, state: KVCache) -> dict[str, float]:
+        n = state.valid.shape[1]
+        return {
+            "state_norm": _values_norm(state.v, state.valid),
+            "cache_len": float(n),
+            "cache_valid_frac": float(state.valid.float().mean()) if n else 0.0,
+            "state_bytes": float(state_nbytes(state)),
+        }
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, num_heads={self.num_heads}, max_cache={self.max_cache}, "
+            f"chunk_size={self.chunk_size}, backend={self.backend!r}"
+        )
+
+
+__all__ = ["AttentionProjections", "SoftmaxAttention", "State"]

@@ -1,0 +1,251 @@
+"""Small, exact stand-ins used by the agent tests.
+
+* :class:`DecayMixer`: a real (tiny) parametric mixer, S_t = a_h S_{t-1} + k_t v_t^T, o_t = S_t^T q_t,
+  with an exact parallel form (no dependence on the kernels package).
+* :class:`CueEnv`: a memory task. Tokens: 0 blank, 1/2 cue, 3 query. An episode shows the cue, then
+  ``delay`` blanks, then the query; the action at the query earns 1 if it matches the cue (0 or 1).
+  A memoryless policy succeeds half the time.
+* :class:`CueStream`: a two-task stream of CueEnv (``plain``, then ``flipped`` where the rewarded
+  action is the other one), with the info keys and state_dict of ``envs.stream.StreamEnv``.
+* :class:`FakeTracker`: records every call of the Tracker interface.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, NamedTuple
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from gymnasium import spaces
+from omegaconf import OmegaConf
+
+from memory_layers.base import MemoryMixer
+
+
+
+class DecayMixerState(NamedTuple):
+    S: torch.Tensor  # [B, H, K, V]
+
+
+class DecayMixer(MemoryMixer):
+    """x ``[B, T, D]`` -> y ``[B, T, D]``; per head a fixed learned decay a_h in (0, 1)."""
+
+    def __init__(self, d_model: int, num_heads: int = 2) -> None:
+        super().__init__(d_model, num_heads)
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+        self.decay_logit = nn.Parameter(torch.linspace(1.0, 3.0, num_heads))
+
+    def init_state(self, batch_size: int, device) -> DecayMixerState:
+        h, d = self.num_heads, self.head_dim
+        return DecayMixerState(torch.zeros(batch_size, h, d, d, device=device))
+
+    def _qkv(self, x: torch.Tensor):
+        q, k, v = self.qkv(x).view(*x.shape[:-1], 3, self.num_heads, self.head_dim).unbind(-3)
+        return q * self.head_dim**-0.5, F.normalize(k, dim=-1), v
+
+    def forward_chunk(self, x: torch.Tensor, state: DecayMixerState):
+        b, t, _ = x.shape
+        q, k, v = (z.transpose(1, 2) for z in self._qkv(x))  # [B, H, T, d]
+        log_a = F.logsigmoid(self.decay_logit)  # [H]
+        pos = torch.arange(t, device=x.device, dtype=x.dtype)
+        diff = pos[:, None] - pos[None, :]
+        decay = torch.where(diff >= 0, torch.exp(log_a[:, None, None] * diff.clamp_min(0)), 0.0)  # [H, T, T]
+        o = (q @ k.transpose(-1, -2) * decay) @ v + torch.exp(log_a[:, None, None] * (pos[:, None] + 1)) * (q @ state.S)
+        w = torch.exp(log_a[:, None] * (t - 1 - pos))[..., None]  # [H, T, 1]
+        S = torch.exp(log_a * t)[:, None, None] * state.S + (k * w).transpose(-1, -2) @ v
+        return self.out(o.transpose(1, 2).reshape(b, t, self.d_model)), DecayMixerState(S)
+
+    def step(self, x: torch.Tensor, state: DecayMixerState):
+        q, k, v = self._qkv(x)  # [B, H, d]
+        a = torch.sigmoid(self.decay_logit)[:, None, None]
+        S = a * state.S + k[..., :, None] * v[..., None, :]
+        o = (q[..., None, :] @ S).squeeze(-2)
+        return self.out(o.reshape(x.shape[0], self.d_model)), DecayMixerState(S)
+
+
+def decay_memory_cfg(reset_on: str = "never", num_heads: int = 2):
+    return OmegaConf.create({"name": "decay", "_target_": "agent_fakes.DecayMixer", "num_heads": num_heads,
+                             "reset_on": reset_on})
+
+
+class CueEnv(gym.Env):
+    """The cue-recall task (see the module docstring). ``flipped``: the rewarded action is 1 - cue."""
+
+    metadata: dict = {}
+
+    def __init__(self, delay: int = 2, flipped: bool = False) -> None:
+        self.delay = delay
+        self.flipped = flipped
+        self.observation_space = spaces.Dict({"token": spaces.Discrete(4)})
+        self.action_space = spaces.Discrete(2)
+        self.t = 0
+        self.cue = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.t = 0
+        self.cue = int(self.np_random.integers(2))
+        return {"token": np.int64(1 + self.cue)}, {}
+
+    def step(self, action):
+        self.t += 1
+        if self.t <= self.delay:
+            return {"token": np.int64(0)}, 0.0, False, False, {}
+        if self.t == self.delay + 1:
+            return {"token": np.int64(3)}, 0.0, False, False, {}
+        target = 1 - self.cue if self.flipped else self.cue
+        return {"token": np.int64(0)}, float(int(action) == target), True, False, {}
+
+
+class CueStream(gym.Env):
+    """Blocks of ``block_steps`` steps: plain, flipped, plain, ... (switches at episode boundaries)."""
+
+    metadata: dict = {}
+
+    def __init__(self, block_steps: int = 40, num_blocks: int = 3, delay: int = 1) -> None:
+        self.task_names = ["plain", "flipped"]
+        self.schedule = [(self.task_names[i % 2], block_steps) for i in range(num_blocks)]
+        self.duration_unit = "steps"
+        self.schedule_steps = block_steps * num_blocks
+        self.envs = {"plain": CueEnv(delay), "flipped": CueEnv(delay, flipped=True)}
+        self.observation_space = self.envs["plain"].observation_space
+        self.action_space = self.envs["plain"].action_space
+        self.block_index = 0
+        self.block_steps_done = 0
+        self.ep_return = 0.0
+        self.ep_length = 0
+        self.visits = {n: 0 for n in self.task_names}
+
+    @property
+    def task_name(self) -> str:
+        return self.schedule[self.block_index % len(self.schedule)][0]
+
+    def _info(self, switch: bool) -> dict:
+        return {"task_id": self.task_names.index(self.task_name), "task_name": self.task_name,
+                "task_switch": switch, "visit": self.visits[self.task_name], "block_index": self.block_index}
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        switch = False
+        if seed is not None:
+            self.block_index, self.block_steps_done, switch = 0, 0, True
+            self.visits = {n: 0 for n in self.task_names}
+            self.visits[self.task_name] = 1
+            for i, env in enumerate(self.envs.values()):
+                env.reset(seed=seed * 7 + i)
+        elif self.block_steps_done >= self.schedule[self.block_index % len(self.schedule)][1]:
+            self.block_index += 1
+            self.block_steps_done = 0
+            self.visits[self.task_name] += 1
+            switch = True
+        self.ep_return, self.ep_length = 0.0, 0
+        obs, _ = self.envs[self.task_name].reset()
+        return obs, self._info(switch)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, _ = self.envs[self.task_name].step(action)
+        self.block_steps_done += 1
+        self.ep_return += reward
+        self.ep_length += 1
+        info = self._info(False)
+        if terminated or truncated:
+            info.update(episode_return=self.ep_return, episode_length=self.ep_length,
+                        episode_success=float(self.ep_return > 0))
+        return obs, reward, terminated, truncated, info
+
+    def state_dict(self) -> dict[str, Any]:
+        return copy.deepcopy({
+            "block_index": self.block_index, "block_steps_done": self.block_steps_done,
+            "ep_return": self.ep_return, "ep_length": self.ep_length, "visits": self.visits,
+            "envs": {n: {"t": e.t, "cue": e.cue, "rng": e.np_random.bit_generator.state}
+                     for n, e in self.envs.items()},
+        })
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        sd = copy.deepcopy(sd)
+        self.block_index, self.block_steps_done = sd["block_index"], sd["block_steps_done"]
+        self.ep_return, self.ep_length, self.visits = sd["ep_return"], sd["ep_length"], sd["visits"]
+        for n, e in self.envs.items():
+            e.t, e.cue = sd["envs"][n]["t"], sd["envs"][n]["cue"]
+            e.np_random.bit_generator.state = sd["envs"][n]["rng"]
+
+
+def make_cue_vector_env(stream_cfg: Any, num_envs: int, seed: int) -> gym.vector.SyncVectorEnv:
+    block_steps = int(stream_cfg.get("block_steps", 40)) if stream_cfg is not None else 40
+    return gym.vector.SyncVectorEnv([lambda: CueStream(block_steps) for _ in range(num_envs)],
+                                    autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+
+
+class FakeTracker:
+    """Records calls; ``should_probe`` every ``probe_every`` steps."""
+
+    def __init__(self, run_dir, task_names, hparams, probe_every, probe_episodes, adaptation_k=5) -> None:
+        self.task_names, self.hparams, self.probe_every = task_names, hparams, probe_every
+        self.calls: dict[str, list] = {k: [] for k in ("episode", "switch", "scalars", "memory", "plasticity",
+                                                        "probe")}
+        self.last_probe = 0
+
+    def log_episode(self, step, task_name, episode_return, episode_length, success, episodes_since_switch):
+        self.calls["episode"].append((step, task_name, episode_return, episode_length, success,
+                                      episodes_since_switch))
+
+    def log_task_switch(self, step, task_name, visit, block_index):
+        self.calls["switch"].append((step, task_name, visit, block_index))
+
+    def log_scalars(self, step, scalars):
+        self.calls["scalars"].append((step, dict(scalars)))
+
+    def log_memory(self, step, metrics):
+        self.calls["memory"].append((step, metrics))
+
+    def log_plasticity(self, step, features, model, grad_norm):
+        self.calls["plasticity"].append((step, {k: tuple(v.shape) for k, v in features.items()}, grad_norm))
+
+    def should_probe(self, step):
+        if step - self.last_probe >= self.probe_every:
+            self.last_probe = step
+            return True
+        return False
+
+    def log_probe(self, step, results, block_end=None):
+        self.calls["probe"].append((step, dict(results), block_end))
+
+    def finalize(self):
+        return {"probes": len(self.calls["probe"])}
+
+    def state_dict(self):
+        return {"calls": copy.deepcopy(self.calls), "last_probe": self.last_probe}
+
+    def load_state_dict(self, sd):
+        self.calls, self.last_probe = copy.deepcopy(sd["calls"]), sd["last_probe"]
+
+
+def fake_run_probe(agent, memory, stream_cfg, task_names, episodes, seed, device):
+    """A probe that only checks its inputs: returns success 0.5 for every task."""
+    assert isinstance(memory, tuple) and memory[0].S.dim() == 4
+    return {name: {"success": 0.5, "return": 0.0, "steps": 0} for name in task_names}
+
+
+def lifetime_cfg(**overrides):
+    cfg = OmegaConf.create({
+        "seed": 0, "device": "cpu", "total_steps": None, "num_envs": 2, "compile": False, "checkpoint_every": 0,
+        "memory": decay_memory_cfg(),
+        "stream": {"name": "cue", "block_steps": 40},
+        "agent": {"d_model": 16, "num_layers": 1, "mlp_ratio": 2.0, "segment_length": 8, "lr": 1e-3,
+                  "update_epochs": 2, "num_minibatches": 1},
+        "tracker": {"probe_every": 64, "probe_episodes": 1, "adaptation_k": 3, "log_every": 16},
+    })
+    return OmegaConf.merge(cfg, OmegaConf.create(overrides))
+
+
+def use_fakes(monkeypatch) -> None:
+    """Route Lifetime's env, tracker and probe construction to the fakes above."""
+    import agents.loop as loop
+
+    monkeypatch.setattr(loop, "make_vector_env", make_cue_vector_env)
+    monkeypatch.setattr(loop, "make_tracker", FakeTracker)
+    monkeypatch.setattr(loop, "run_probe", fake_run_probe)

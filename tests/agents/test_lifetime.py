@@ -1,0 +1,78 @@
+"""The lifetime loop end to end on a small two-task stream, with the tracker and probes faked."""
+from __future__ import annotations
+
+import pytest
+import torch
+from agent_fakes import lifetime_cfg, use_fakes
+
+from agents.loop import Lifetime
+from agents.ppo import NonFiniteError
+from memory_layers.base import tree_leaves
+
+
+@pytest.fixture
+def fakes(monkeypatch):
+    use_fakes(monkeypatch)
+
+
+def test_a_lifetime_runs_one_pass_of_the_schedule_and_reports_to_the_tracker(fakes, tmp_path):
+    life = Lifetime(lifetime_cfg(), tmp_path)
+    summary = life.run(progress=False)
+    calls = life.tracker.calls
+    assert life.total_steps == 2 * 120 and life.global_step >= life.total_steps  # one pass x num_envs
+    # baseline probe at step 0 on every task, then one probe per finished block of lifetime 0
+    assert calls["probe"][0][0] == 0 and set(calls["probe"][0][1]) == {"plain", "flipped"}
+    assert [p[2] for p in calls["probe"] if p[2] is not None] == [0, 1, 2]
+    assert [(s[1], s[3]) for s in calls["switch"]] == [("plain", 0), ("flipped", 1), ("plain", 2)]
+    assert calls["switch"][2][2] == 2  # second visit of "plain"
+    # episodes of both lifetimes, counted from the last switch
+    assert len(calls["episode"]) > 40
+    assert {e[1] for e in calls["episode"]} == {"plain", "flipped"}
+    assert min(e[5] for e in calls["episode"]) == 1
+    scalars = calls["scalars"][-1][1]
+    assert {"losses/policy", "losses/value", "losses/entropy", "charts/sps"} <= set(scalars)
+    assert calls["memory"] and "layer0" in calls["memory"][0][1]
+    assert calls["plasticity"][0][1]["layer0"][1] == 32  # MLP hidden = 2 x d_model
+    assert summary["probes"] == len(calls["probe"]) and set(summary["final_probe"]) == {"plain", "flipped"}
+    assert (tmp_path / "checkpoint.pt").exists()
+
+
+def next_segment(life: Lifetime):
+    life.train_segment()
+    buf = life.buffer
+    return buf.action.clone(), buf.log_prob.clone(), [p.detach().clone() for p in life.agent.parameters()]
+
+
+def test_a_saved_and_loaded_lifetime_takes_the_same_next_actions(fakes, tmp_path):
+    life = Lifetime(lifetime_cfg(), tmp_path / "a")
+    life.start()
+    for _ in range(3):
+        life.train_segment()
+    path = life.save(tmp_path / "a" / "checkpoint.pt")
+    other = Lifetime(lifetime_cfg(seed=5), tmp_path / "b")  # a different seed: everything must be loaded
+    other.load(path)
+    assert other.global_step == life.global_step
+    for t_a, t_b in zip(tree_leaves(life.collector.memory), tree_leaves(other.collector.memory), strict=True):
+        assert torch.equal(t_a, t_b)
+    for _ in range(2):  # the next segments: same actions, same log-probs, same updated weights
+        a, b = next_segment(life), next_segment(other)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        assert all(torch.equal(p, q) for p, q in zip(a[2], b[2]))
+    assert life.tracker.calls == other.tracker.calls
+
+
+def test_a_non_finite_memory_stops_the_lifetime_with_the_likely_fixes(fakes, tmp_path):
+    life = Lifetime(lifetime_cfg(), tmp_path)
+    life.start()
+    with torch.no_grad():
+        life.agent.backbone.blocks[0].mixer.qkv.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteError, match="agent.lr.*switch"):
+        life.train_segment()
+
+
+def test_a_reset_ablation_runs_with_the_learner_seeing_the_resets(fakes, tmp_path):
+    life = Lifetime(lifetime_cfg(memory={"reset_on": "task"}, total_steps=160), tmp_path)
+    life.run(progress=False)
+    assert life.reset_on == "task"
+    with pytest.raises(ValueError, match="reset_on"):
+        Lifetime(lifetime_cfg(memory={"reset_on": "sometimes"}), tmp_path / "bad")

@@ -1,0 +1,141 @@
+"""The attention-family mixers as layers: softmax (growing cache), sliding window, LoLA.
+
+The generic contract (step == forward, splits, resets, gradients) is in test_contract.py; these
+tests pin what is specific to each layer.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels.attention import KVCache
+from kernels.gated_linear.reference import LinearAttnState, linear_attn_reference
+from kernels.attention.lola_select import feature_map
+from memory_layers.base import state_nbytes
+from memory_layers.lola import LoLA
+from memory_layers.registry import build_mixer, load_memory_config
+from memory_layers.sliding_window import SlidingWindowAttention
+from memory_layers.softmax_attention import SoftmaxAttention
+from tests.kernels._tolerances import TOL_RECURRENT, assert_close_rms
+
+D, HEADS = 32, 4
+
+
+def tokens(t: int, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, t, D, generator=torch.Generator().manual_seed(seed))
+
+
+def copy_projections(src: torch.nn.Module, dst: torch.nn.Module) -> None:
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        getattr(dst, name).load_state_dict(getattr(src, name).state_dict())
+
+
+def test_configs_build_the_three_layers_with_their_defaults():
+    softmax = build_mixer(load_memory_config("softmax"), D)
+    window = build_mixer(load_memory_config("sliding_window"), D)
+    lola = build_mixer(load_memory_config("lola"), D)
+    assert isinstance(softmax, SoftmaxAttention) and not softmax.parametric
+    assert isinstance(window, SlidingWindowAttention) and window.parametric and window.window == 64
+    assert isinstance(lola, LoLA) and lola.parametric and (lola.window, lola.cache_size) == (16, 16)
+    assert lola.selection == "sre" and softmax.num_heads == window.num_heads == lola.num_heads == 4
+
+
+# ---- softmax ---------------------------------------------------------------------------------------
+def test_softmax_cache_grows_with_every_token():
+    layer = SoftmaxAttention(D, HEADS)
+    with torch.no_grad():
+        _, state = layer(tokens(7), layer.init_state(2, "cpu"))
+        _, state = layer.step(tokens(1)[:, 0], state)
+    assert state.k.shape[2] == 8 and state.valid.all()
+    assert layer.state_metrics(state)["cache_len"] == 8.0
+
+
+def test_softmax_max_cache_error_names_the_constant_memory_alternative():
+    layer = SoftmaxAttention(D, HEADS, max_cache=10)
+    with torch.no_grad():
+        _, state = layer(tokens(10), layer.init_state(2, "cpu"))
+        with pytest.raises(RuntimeError, match="sliding_window"):
+            layer.step(tokens(1)[:, 0], state)
+
+
+def test_softmax_reset_invalidates_rows_and_drops_entries_nobody_sees():
+    layer = SoftmaxAttention(D, HEADS)
+    with torch.no_grad():
+        _, state = layer(tokens(5), layer.init_state(2, "cpu"))
+    one = layer.reset_state(state, torch.tensor([True, False]))
+    assert isinstance(one, KVCache) and one.k.shape[2] == 5
+    assert not one.valid[0].any() and one.valid[1].all()
+    both = layer.reset_state(one, torch.tensor([False, True]))
+    assert both.k.shape[2] == 0 and both.valid.shape == (2, 0)
+
+
+# ---- sliding window --------------------------------------------------------------------------------
+def test_sliding_window_layer_with_a_long_window_equals_softmax_layer():
+    window = SlidingWindowAttention(D, HEADS, window=40, chunk_size=8)
+    softmax = SoftmaxAttention(D, HEADS)
+    copy_projections(window, softmax)
+    x = tokens(33)
+    with torch.no_grad():
+        y_w, _ = window(x, window.init_state(2, "cpu"))
+        y_s, _ = softmax(x, softmax.init_state(2, "cpu"))
+    assert_close_rms(y_w, y_s, TOL_RECURRENT, "window >= T vs softmax")
+
+
+def test_sliding_window_layer_state_bytes_do_not_grow():
+    layer = SlidingWindowAttention(D, HEADS, window=8)
+    with torch.no_grad():
+        _, short = layer(tokens(3), layer.init_state(2, "cpu"))
+        _, long = layer(tokens(50), layer.init_state(2, "cpu"))
+    assert state_nbytes(short) == state_nbytes(long)
+    assert layer.state_metrics(short)["window_occupancy"] == pytest.approx(3 / 8)
+    assert layer.state_metrics(long)["window_occupancy"] == 1.0
+
+
+# ---- LoLA ------------------------------------------------------------------------------------------
+def test_lola_metrics_report_cache_occupancy_and_mean_recall_error():
+    layer = LoLA(D, HEADS, window=4, cache_size=6)
+    with torch.no_grad():
+        _, state = layer(tokens(7), layer.init_state(2, "cpu"))  # 3 pairs left the window
+        metrics = layer.state_metrics(state)
+        assert metrics["cache_occupancy"] == pytest.approx(3 / 6)
+        expected_sre = state.cache_sre[state.cache_valid].mean()
+        assert metrics["mean_sre"] == pytest.approx(float(expected_sre)) and metrics["mean_sre"] > 0
+        _, state = layer(tokens(20, seed=1), state)
+    assert layer.state_metrics(state)["cache_occupancy"] == 1.0
+
+
+def test_lola_layer_without_window_and_cache_is_linear_attention():
+    layer = LoLA(D, HEADS, window=0, cache_size=0)
+    x = tokens(21)
+    with torch.no_grad():
+        y, _ = layer(x, layer.init_state(2, "cpu"))
+        q, k, v = layer._project(x)
+        o, _ = linear_attn_reference(feature_map(q), feature_map(k), v, None)
+    assert_close_rms(y, layer.o_proj(o.flatten(-2)), TOL_RECURRENT, "LoLA(0, 0) layer vs linear attention")
+
+
+def test_lola_gate_learns_through_the_chunked_forward():
+    layer = LoLA(D, HEADS, window=3, cache_size=2, chunk_size=8)
+    y, _ = layer(tokens(19), layer.init_state(2, "cpu"))
+    y.pow(2).mean().backward()
+    assert layer.gate_logit.grad is not None and layer.gate_logit.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("selection", ["recency", "random"])
+def test_lola_selection_ablations_run_step_equal_to_forward(selection):
+    layer = LoLA(D, HEADS, window=2, cache_size=3, selection=selection, chunk_size=4)
+    x = tokens(15)
+    with torch.no_grad():
+        y, s = layer(x, layer.init_state(2, "cpu"))
+        state = layer.init_state(2, "cpu")
+        ys = []
+        for t in range(x.shape[1]):
+            y_t, state = layer.step(x[:, t], state)
+            ys.append(y_t)
+    assert_close_rms(torch.stack(ys, 1), y, TOL_RECURRENT, "step loop vs forward")
+    assert torch.equal(s.cache_valid, state.cache_valid)
+
+
+def test_lola_rejects_unknown_selection():
+    with pytest.raises(ValueError, match="choose one of"):
+        LoLA(D, HEADS, selection="lru")

@@ -1,0 +1,66 @@
+"""Plasticity diagnostics: dormant units over a rolling window, feature effective rank, weights, grads."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from tracking.plasticity import ActivityBuffer, feature_effective_rank, gradient_norm, weight_magnitude
+
+
+def test_unit_active_on_at_most_one_percent_of_the_window_is_dormant():
+    feats = torch.zeros(1000, 4)
+    feats[:, 0] = 1.0           # always active
+    feats[:10, 1] = 1.0         # exactly 1%: dormant
+    feats[:20, 2] = 1.0         # 2%: alive
+    feats[:, 3] = -0.5          # never positive: dormant
+    buf = ActivityBuffer(window=1000, threshold=0.01)
+    buf.update(feats)
+    assert buf.dormant_fraction() == pytest.approx(0.5)
+
+
+def test_activity_window_forgets_samples_older_than_the_window():
+    buf = ActivityBuffer(window=100)
+    buf.update(torch.ones(100, 2))
+    assert buf.dormant_fraction() == 0.0
+    buf.update(torch.cat([torch.zeros(100, 1), torch.ones(100, 1)], 1))  # unit 0 silent for a full window
+    assert buf.dormant_fraction() == pytest.approx(0.5)
+
+
+def test_activity_buffer_round_trips_and_is_nan_before_data():
+    buf = ActivityBuffer(window=10)
+    assert math.isnan(buf.dormant_fraction())
+    buf.update(torch.randn(7, 3))
+    clone = ActivityBuffer(window=10)
+    clone.load_state_dict(buf.state_dict())
+    extra = torch.randn(6, 3)
+    buf.update(extra)
+    clone.update(extra)
+    assert clone.dormant_fraction() == buf.dormant_fraction()
+
+
+def test_activity_buffer_rejects_a_changed_width_and_bad_shapes():
+    buf = ActivityBuffer()
+    buf.update(torch.randn(5, 3))
+    with pytest.raises(ValueError, match="one buffer per layer"):
+        buf.update(torch.randn(5, 4))
+    with pytest.raises(ValueError, match=r"\[N samples, D units\]"):
+        buf.update(torch.randn(5))
+
+
+def test_feature_effective_rank_counts_equally_used_directions():
+    assert feature_effective_rank(torch.eye(6)) == pytest.approx(6.0, rel=1e-5)
+    rank_one = torch.randn(20, 1) @ torch.randn(1, 8)
+    assert feature_effective_rank(rank_one) == pytest.approx(1.0, rel=1e-3)
+
+
+def test_weight_magnitude_is_mean_absolute_weight_and_grad_norm_the_global_l2():
+    lin = nn.Linear(2, 1)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, -3.0]]))
+        lin.bias.fill_(2.0)
+    assert weight_magnitude(lin) == pytest.approx(2.0)
+    assert gradient_norm(lin) == 0.0
+    lin.weight.grad = torch.tensor([[3.0, 0.0]])
+    lin.bias.grad = torch.tensor([4.0])
+    assert gradient_norm(lin) == pytest.approx(5.0)

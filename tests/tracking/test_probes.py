@@ -1,0 +1,77 @@
+"""Probes run on a copy of the lifetime memory with learning off, and count their env steps apart."""
+import pytest
+import torch
+
+from memory_layers.base import tree_leaves
+from tracking.probes import run_probe
+
+from tracking_fakes import FakeAct, FakeAgent, make_corridor
+
+
+class ForwardAgent(FakeAgent):
+    """Always moves forward (action 1) and records every token's inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens: list[tuple[int, float, bool]] = []  # lifetime 0: (prev_action, prev_reward, boundary)
+
+    def act(self, obs, prev_action, prev_reward, boundary, memory, deterministic=False):
+        out = super().act(obs, prev_action, prev_reward, boundary, memory, deterministic)
+        self.tokens.append((int(prev_action[0]), float(prev_reward[0]), bool(boundary[0])))
+        return FakeAct(torch.ones_like(out.action), out.log_prob, out.value, out.memory)
+
+
+def _lifetime_memory(agent: FakeAgent, batch: int) -> tuple:
+    (state,) = agent.initial_memory(batch, "cpu")
+    return (type(state)(torch.randn_like(state.S)),)
+
+
+def test_probe_leaves_lifetime_memory_params_mode_and_rng_bit_identical(fake_agent):
+    memory = _lifetime_memory(fake_agent, batch=2)
+    memory_before = [t.clone() for t in tree_leaves(memory)]
+    params_before = {k: v.clone() for k, v in fake_agent.state_dict().items()}
+    fake_agent.train()
+    rng_before = torch.get_rng_state()
+
+    run_probe(fake_agent, memory, None, ["A", "B"], episodes=2, seed=3, device="cpu", make_env=make_corridor)
+
+    for before, after in zip(memory_before, tree_leaves(memory)):
+        assert torch.equal(before, after)
+    for name, value in fake_agent.state_dict().items():
+        assert torch.equal(params_before[name], value), name
+    assert all(p.grad is None for p in fake_agent.parameters())
+    assert fake_agent.training
+    assert torch.equal(rng_before, torch.get_rng_state())
+
+
+def test_probe_counts_only_real_transitions_of_the_requested_episodes():
+    agent = ForwardAgent()
+    out = run_probe(agent, agent.initial_memory(3, "cpu"), None, ["A", "B"], episodes=2, seed=0, device="cpu",
+                    make_env=make_corridor)
+    # A: goal 2 cells away -> 2 steps per episode; B: 4 steps. 3 lifetimes x 2 episodes each.
+    assert out["A"]["steps"] == 3 * 2 * 2
+    assert out["B"]["steps"] == 3 * 2 * 4
+    assert out["A"]["success"] == 1.0 and out["A"]["episodes"] == 6
+    assert out["A"]["return"] == pytest.approx(1 - 0.5 * 2 / 8)
+    assert out["B"]["episode_returns"] == pytest.approx([1 - 0.5 * 4 / 8] * 2)
+
+
+def test_probe_feeds_tokens_with_the_training_loop_conventions():
+    agent = ForwardAgent()
+    run_probe(agent, agent.initial_memory(1, "cpu"), None, ["A"], episodes=2, seed=0, device="cpu",
+              make_env=make_corridor)
+    n, r = agent.num_actions, 1 - 0.5 * 2 / 8
+    # episode 1: two moves; the filler token sees the final reward; episode 2 starts with a boundary
+    assert agent.tokens[:5] == [(n, 0.0, True), (1, 0.0, False), (1, r, False), (n, 0.0, True), (1, 0.0, False)]
+
+
+def test_probe_is_reproducible_for_a_seed(fake_agent):
+    memory = _lifetime_memory(fake_agent, batch=2)
+    a = run_probe(fake_agent, memory, None, ["A", "B"], 2, seed=5, device="cpu", make_env=make_corridor)
+    b = run_probe(fake_agent, memory, None, ["A", "B"], 2, seed=5, device="cpu", make_env=make_corridor)
+    assert a == b
+
+
+def test_probe_rejects_zero_episodes(fake_agent):
+    with pytest.raises(ValueError, match="probe_episodes"):
+        run_probe(fake_agent, fake_agent.initial_memory(1, "cpu"), None, ["A"], 0, 0, "cpu", make_env=make_corridor)

@@ -1,0 +1,134 @@
+"""TensorBoard output of a run: one writer on the run's own directory.
+
+Everything (scalars, task-switch text, the custom-scalars layout, hparams) goes into ``run_dir``
+itself: ``SummaryWriter.add_hparams`` / ``add_scalars`` would create sub-runs, so hparams are written
+with ``torch.utils.tensorboard.summary.hparams()`` into this writer (STACK.md). The writer opens
+lazily; after a resume it is opened with ``purge_step`` so TensorBoard drops the events a killed run
+wrote after its last checkpoint.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+__all__ = ["RunWriter", "custom_scalars_layout", "flatten_hparams", "tensorboard_command", "launch_tensorboard"]
+
+
+def flatten_hparams(hparams: Mapping[str, Any], prefix: str = "") -> dict[str, int | float | str | bool]:
+    """Nested dict -> flat ``{"a.b": value}`` with TensorBoard-compatible values (others -> str)."""
+    flat: dict[str, int | float | str | bool] = {}
+    for key, value in hparams.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_hparams(value, prefix=f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def custom_scalars_layout(task_names: Sequence[str]) -> dict:
+    """The layout overlaying every task's curves, with the ``charts/task_switch`` spikes as markers."""
+    marker = ["charts/task_switch"]
+    per_task = lambda fmt: [fmt.format(n) for n in task_names]  # noqa: E731
+    return {
+        "tasks (every task overlaid; spikes = task switches)": {
+            "success": ["Multiline", per_task("task/{}/success") + marker],
+            "return": ["Multiline", per_task("task/{}/return") + marker],
+            "episode length": ["Multiline", per_task("task/{}/length")],
+            "probe success": ["Multiline", per_task("eval/{}/success") + marker],
+            "task id": ["Multiline", ["charts/task_id"]],
+        },
+        "continual learning": {
+            "summary figures": ["Multiline", ["cl/acc", "cl/bwt", "cl/fwt", "cl/learning_accuracy", "cl/retention"]],
+            "forgetting per task (Chaudhry)": ["Multiline", [r"cl/forgetting/.*"]],
+            "revisit forgetting": ["Multiline", [r"forgetting/revisit/.*"]],
+            "in-context adaptation (k-th episode after a switch)": ["Multiline", [r"adaptation/episode_.*"]],
+            "adaptation, learning frozen (probes)": ["Multiline", [r"adaptation_frozen/episode_.*"]],
+        },
+        "plasticity": {
+            "dormant fraction": ["Multiline", [r"plasticity/dormant_frac/.*"]],
+            "feature effective rank": ["Multiline", [r"plasticity/erank/.*"]],
+            "weights and gradients": ["Multiline", ["plasticity/weight_norm", "plasticity/grad_norm"]],
+        },
+    }
+
+
+class RunWriter:
+    """A thin, lazily opened ``SummaryWriter`` on ``run_dir`` that skips non-finite scalars."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self._writer: SummaryWriter | None = None
+        self._purge_step: int | None = None
+
+    @property
+    def writer(self) -> SummaryWriter:
+        if self._writer is None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=self._purge_step)
+        return self._writer
+
+    def resume_at(self, step: int) -> None:
+        """Reopen so that events at steps >= ``step`` written by an earlier process are dropped."""
+        self.close()
+        self._purge_step = int(step)
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        value = float(value)
+        if math.isfinite(value):
+            self.writer.add_scalar(tag, value, int(step))
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        self.writer.add_text(tag, text, int(step))
+
+    def layout(self, layout: dict) -> None:
+        self.writer.add_custom_scalars(layout)
+
+    def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        """hparams for the HParams tab, in this run's own event file. ``metrics`` names the scalar
+        tags shown as metrics (write their values with :meth:`scalar`); undefined ones are left out."""
+        flat = flatten_hparams(hparams)
+        finite = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+        exp, ssi, sei = hparams_summary(flat, finite)
+        fw = self.writer._get_file_writer()
+        for summary in (exp, ssi, sei):
+            fw.add_summary(summary)
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def tensorboard_command(run_dir: str | Path, port: int = 6006, host: str = "127.0.0.1") -> list[str]:
+    """The command line serving ``run_dir`` on loopback (``lifelong tensorboard RUN_DIR``)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist: pass the folder of a `lifelong run`")
+    exe = shutil.which("tensorboard")
+    base = [exe] if exe else [sys.executable, "-m", "tensorboard.main"]
+    return [*base, "--logdir", str(run_dir), "--host", host, "--port", str(port)]
+
+
+def launch_tensorboard(run_dir: str | Path, port: int = 6006, host: str = "127.0.0.1") -> int:
+    """Run TensorBoard on ``run_dir`` in the foreground until interrupted; returns its exit code."""
+    cmd = tensorboard_command(run_dir, port, host)
+    print(f"TensorBoard for {run_dir}: http://{host}:{port}/  (Ctrl-C stops it)")
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 0
