@@ -81,10 +81,19 @@ def _cfg(*pairs: tuple[int, int]) -> list:
     return autotune_configs([triton.Config({}, num_warps=w, num_stages=s) for w, s in pairs])
 
 
+def _cfg_bv() -> list:
+    """Configs of the kernels that run sequentially over chunks: their parallelism is B * H * V / BV,
+    so the V tile is tuned too (the first config is the one used under the interpreter)."""
+    return autotune_configs([
+        triton.Config({"BV": bv}, num_warps=w, num_stages=s)
+        for bv in (64, 32) for w in (4, 8) for s in (2, 3)
+    ])
+
+
 # ----------------------------------------------------------------------------------------------
 # forward: chunk states
 # ----------------------------------------------------------------------------------------------
-@triton.autotune(configs=_cfg((4, 2), (8, 2), (4, 3), (2, 2)), key=["K", "V", "BT", "BV", "USE_DELTA"])
+@triton.autotune(configs=_cfg_bv(), key=["K", "V", "BT", "USE_DELTA"])
 @triton.jit
 def _fwd_h_kernel(
     k, v, w, gc, h0, hs, ht, vnew, T, NT,
@@ -151,16 +160,18 @@ def chunk_fwd_h(
     BT = chunk_size
     NT = triton.cdiv(T, BT)
     BK = full_block(K)
-    BV = block_size(V, 64 if BK <= 128 else 32)
     hs_dtype = torch.float32 if v.dtype == torch.float32 else v.dtype
     hs = k.new_empty(B, NT, H, K, V, dtype=hs_dtype)
     ht = k.new_empty(B, H, K, V, dtype=torch.float32)
     vnew = torch.empty_like(v) if w is not None else None
-    grid = (triton.cdiv(V, BV), B * H)
+
+    def grid(meta):
+        return (triton.cdiv(V, meta["BV"]), B * H)
+
     _fwd_h_kernel[grid](
         k, v, w if w is not None else k, gc if gc is not None else k, h0 if h0 is not None else ht,
         hs, ht, vnew if vnew is not None else v, T, NT,
-        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+        H=H, K=K, V=V, BT=BT, BK=BK,
         USE_G=gc is not None and not per_channel, USE_GK=gc is not None and per_channel,
         USE_DELTA=w is not None, USE_H0=h0 is not None, MM=matmul_dtype(k),
     )
@@ -324,7 +335,7 @@ def chunk_bwd_dv(
 # ----------------------------------------------------------------------------------------------
 # backward: state gradients
 # ----------------------------------------------------------------------------------------------
-@triton.autotune(configs=_cfg((4, 2), (8, 2), (4, 3), (2, 2)), key=["K", "V", "BT", "BV", "USE_DELTA"])
+@triton.autotune(configs=_cfg_bv(), key=["K", "V", "BT", "USE_DELTA"])
 @triton.jit
 def _bwd_dh_kernel(
     q, k, w, gc, do, dv_local, dv_out, dht, dhs, dh0, scale, T, NT,
@@ -400,17 +411,19 @@ def chunk_bwd_dh(
     BT = chunk_size
     NT = triton.cdiv(T, BT)
     BK = full_block(K)
-    BV = block_size(V, 64 if BK <= 128 else 32)
     dhs_dtype = torch.float32 if do.dtype == torch.float32 else do.dtype
     dhs = q.new_empty(B, NT, H, K, V, dtype=dhs_dtype)
     dh0 = q.new_empty(B, H, K, V, dtype=torch.float32)
     dv = torch.empty_like(dv_local) if w is not None else None
-    grid = (triton.cdiv(V, BV), B * H)
+
+    def grid(meta):
+        return (triton.cdiv(V, meta["BV"]), B * H)
+
     _bwd_dh_kernel[grid](
         q, k, w if w is not None else k, gc if gc is not None else q, do,
         dv_local if dv_local is not None else dh0, dv if dv is not None else dh0,
         dht if dht is not None else dh0, dhs, dh0, scale, T, NT,
-        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+        H=H, K=K, V=V, BT=BT, BK=BK,
         USE_G=gc is not None and not per_channel, USE_GK=gc is not None and per_channel,
         USE_DELTA=w is not None, USE_DHT=dht is not None, MM=matmul_dtype(q),
     )

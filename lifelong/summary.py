@@ -33,9 +33,10 @@ def print_run_summary(summary: dict[str, Any], run_dir: Path, console: Console) 
     if figures:
         console.print("  ".join(f"{k}={_fmt(v)}" for k, v in figures.items()))
     run_dir = Path(run_dir).resolve()
-    console.print(f"run directory: [bold]{run_dir}[/]")
-    console.print(f"summary:       {run_dir / 'summary.json'}")
-    console.print(f"view it:       tensorboard --logdir {run_dir} --host 127.0.0.1", highlight=False)
+    # soft_wrap: paths and the command stay on one line, so they can be copied
+    console.print(f"run directory: [bold]{run_dir}[/]", soft_wrap=True)
+    console.print(f"summary:       {run_dir / 'summary.json'}", soft_wrap=True)
+    console.print(f"view it:       tensorboard --logdir {run_dir} --host 127.0.0.1", highlight=False, soft_wrap=True)
 
 
 def print_dataframe(frame, title: str, console: Console) -> None:

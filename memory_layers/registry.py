@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import hydra.utils
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from memory_layers.base import Backbone, MemoryMixer
@@ -35,7 +36,12 @@ def build_mixer(memory_cfg: Mapping[str, Any] | DictConfig, d_model: int) -> Mem
         cfg.pop(key, None)
     if "_target_" not in cfg:
         raise ValueError(f"memory config has no _target_: pick memory=<name> from {available_mixers()}")
-    mixer = hydra.utils.instantiate(cfg, d_model=d_model, _convert_="all")
+    try:
+        mixer = hydra.utils.instantiate(cfg, d_model=d_model, _convert_="all")
+    except InstantiationException as error:  # surface the mixer's own message (e.g. heads vs width)
+        if isinstance(error.__cause__, (ValueError, TypeError)):
+            raise error.__cause__ from None
+        raise
     if not isinstance(mixer, MemoryMixer):
         raise TypeError(f"{cfg['_target_']} is not a MemoryMixer")
     return mixer

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from kernels.attention import KVCache, empty_kv_cache, softmax_attn, softmax_attn_step
 from kernels.backend import BACKENDS
-from memory_layers.base import MemoryMixer, State, state_nbytes
+from memory_layers.base import MemoryMixer, state_nbytes
 
 
 class AttentionProjections(MemoryMixer):
@@ -130,4 +130,4 @@ class SoftmaxAttention(AttentionProjections):
         )
 
 
-__all__ = ["AttentionProjections", "SoftmaxAttention", "State"]
+__all__ = ["AttentionProjections", "SoftmaxAttention"]

@@ -9,9 +9,6 @@ wrote after its last checkpoint.
 from __future__ import annotations
 
 import math
-import shutil
-import subprocess
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +16,7 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-__all__ = ["RunWriter", "custom_scalars_layout", "flatten_hparams", "tensorboard_command", "launch_tensorboard"]
+__all__ = ["RunWriter", "custom_scalars_layout", "flatten_hparams"]
 
 
 def flatten_hparams(hparams: Mapping[str, Any], prefix: str = "") -> dict[str, int | float | str | bool]:
@@ -112,23 +109,3 @@ class RunWriter:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-
-
-def tensorboard_command(run_dir: str | Path, port: int = 6006, host: str = "127.0.0.1") -> list[str]:
-    """The command line serving ``run_dir`` on loopback (``lifelong tensorboard RUN_DIR``)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory {run_dir} does not exist: pass the folder of a `lifelong run`")
-    exe = shutil.which("tensorboard")
-    base = [exe] if exe else [sys.executable, "-m", "tensorboard.main"]
-    return [*base, "--logdir", str(run_dir), "--host", host, "--port", str(port)]
-
-
-def launch_tensorboard(run_dir: str | Path, port: int = 6006, host: str = "127.0.0.1") -> int:
-    """Run TensorBoard on ``run_dir`` in the foreground until interrupted; returns its exit code."""
-    cmd = tensorboard_command(run_dir, port, host)
-    print(f"TensorBoard for {run_dir}: http://{host}:{port}/  (Ctrl-C stops it)")
-    try:
-        return subprocess.call(cmd)
-    except KeyboardInterrupt:
-        return 0

@@ -18,7 +18,13 @@ Reference runs (Continual World forward transfer): a single-task run of task ``j
 ``summary.json`` lies at ``<reference_dir>/<j>/summary.json`` (default ``reference_dir`` is
 ``<run_dir>/reference``, where ``lifelong run ... reference=true`` writes them). Its first block's
 success curve gives AUC_j^ref; AUC_j is this run's success curve during task j's first block, both
-over normalised time. ``reference_curves={task: summary_dict}`` passes them directly instead.
+over normalised time; FT_j = (AUC_j - AUC_j^ref) / (1 - AUC_j^ref). ``reference_curves={task:
+summary_dict}`` passes them directly instead. Reference runs that finish *after* the main run (the
+CLI runs them afterwards) are folded in by ``apply_reference_runs(run_dir)``, which rewrites the
+run's ``summary.json``; ``lifelong compare`` also picks them up when the summary has no value yet.
+
+Undefined figures (one task: forgetting, BWT, FWT; no reference: forward_transfer_cw) are NaN in
+Python, ``null`` in ``summary.json`` and absent from TensorBoard (never written as 0).
 """
 from __future__ import annotations
 
@@ -124,7 +130,7 @@ class Tracker:
         revisit_window: int = 10,
         dormant_window: int = 1000,
         dormant_threshold: float = 0.01,
-        curve_points: int = 256,
+        curve_points: int = 128,
     ) -> None:
         names = list(task_names)
         if not names or len(set(names)) != len(names):
@@ -384,6 +390,8 @@ class Tracker:
             figures = self._cl_figures()
             for name in _FINAL_TAGS:
                 self._scalar(f"cl/{name}", figures[name], step)
+            for task, value in zip(self.task_names, figures["forgetting_per_task"]):
+                self._scalar(f"cl/forgetting/{task}", value, step)
         if self.probe_every > 0:
             self._next_probe = (step // self.probe_every + 1) * self.probe_every
 

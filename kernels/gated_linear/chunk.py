@@ -181,7 +181,7 @@ def gla_chunk(
     kc, vc = _to_chunks(k, C), _to_chunks(v, C)
     b = _to_chunks(clamp_gate(g), C).cumsum(-2)  # [B, H, N, C, K]
 
-    span = float((b[..., 0, :] - b[..., -1, :]).max())  # the log decay within the chunks, >= 0
+    span = float((b[..., 0, :] - b[..., -1, :]).detach().max())  # log decay within the chunks, >= 0
     o = (_gla_intra_factored if span <= FACTORED_SPAN_LIMIT else _gla_intra)(qc, kc, vc, b)
     b_last = b[..., -1:, :]  # [B, H, N, 1, K]
     U = (kc * (b_last - b).exp()).transpose(-1, -2) @ vc  # [B, H, N, K, V]

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from _tolerances import TOL_CHUNKED, TOL_GATE_GRAD, TOL_RECURRENT, assert_close_rms
 
+from kernels.gated_linear import chunk as gated_linear_chunk
 from kernels.gated_linear import (
     GATE_LOG_MIN,
     LinearAttnState,
@@ -26,6 +27,9 @@ from kernels.gated_linear import (
 )
 
 B, H, K, V = 2, 2, 16, 8
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Triton is not supported:UserWarning", "ignore::DeprecationWarning:torch.jit.*"
+)
 OPS = ("simple_gla", "gla", "linear_attn")
 CHUNK = {"simple_gla": simple_gla_chunk, "gla": gla_chunk, "linear_attn": linear_attn_chunk}
 REFERENCE = {"simple_gla": simple_gla_reference, "gla": gla_reference, "linear_attn": linear_attn_reference}
@@ -122,10 +126,26 @@ def test_chunked_form_is_exact_under_strong_and_saturated_decays(op):
     with torch.no_grad():
         spread = torch.rand_like(ins["g"])
         ins["g"].copy_(torch.where(spread < 0.2, -1000.0 * spread, ins["g"] * 20 * spread))
+    if op == "gla":  # these chunks decay too much for the one-matmul form: the exact path runs
+        b = ins["g"].detach().clamp(GATE_LOG_MIN, 0)[:, :32].cumsum(1)
+        assert float((b[:, 0] - b[:, -1]).max()) > gated_linear_chunk.FACTORED_SPAN_LIMIT
     ref_ins = clone_inputs(ins)
     ours = call(CHUNK[op], op, ins, chunk_size=32)
     ref = call(REFERENCE[op], op, ref_ins)
     assert_matches(op, ours, ref, ins, ref_ins, TOL_CHUNKED)
+
+
+@pytest.mark.parametrize("exact_path", [False, True], ids=["one-matmul", "recursive-halving"])
+def test_both_gla_intra_chunk_forms_match_the_recurrence(monkeypatch, exact_path):
+    """GLA picks one masked matmul when the log decay within each chunk spans <= the limit and the
+    recursive halving otherwise; forcing either one must give the recurrence's values and grads."""
+    if exact_path:
+        monkeypatch.setattr(gated_linear_chunk, "FACTORED_SPAN_LIMIT", -1.0)
+    ins = make_inputs("gla", 63)
+    ref_ins = clone_inputs(ins)
+    ours = call(gla_chunk, "gla", ins, chunk_size=16)
+    ref = call(gla_reference, "gla", ref_ins)
+    assert_matches("gla", ours, ref, ins, ref_ins, TOL_CHUNKED)
 
 
 @pytest.mark.parametrize("op", ["simple_gla", "gla"])

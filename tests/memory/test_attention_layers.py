@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kernels.attention import KVCache
-from kernels.gated_linear.reference import LinearAttnState, linear_attn_reference
+from kernels.gated_linear.reference import linear_attn_reference
 from kernels.attention.lola_select import feature_map
 from memory_layers.base import state_nbytes
 from memory_layers.lola import LoLA
@@ -121,19 +121,33 @@ def test_lola_gate_learns_through_the_chunked_forward():
     assert layer.gate_logit.grad is not None and layer.gate_logit.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("selection", ["recency", "random"])
-def test_lola_selection_ablations_run_step_equal_to_forward(selection):
-    layer = LoLA(D, HEADS, window=2, cache_size=3, selection=selection, chunk_size=4)
-    x = tokens(15)
+@pytest.mark.parametrize("selection", ["sre", "recency", "random"])
+@pytest.mark.parametrize("window,cache_size", [(2, 3), (0, 4), (3, 0), (0, 0)])
+def test_lola_variants_step_loop_split_and_reset_agree_with_forward(selection, window, cache_size):
+    # the generic contract runs the default config only; the ablation variants must hold it too
+    layer = LoLA(D, HEADS, window=window, cache_size=cache_size, selection=selection, chunk_size=4)
+    x = tokens(23)
+    reset = torch.zeros(2, 23, dtype=torch.bool)
+    reset[0, 9] = True
     with torch.no_grad():
-        y, s = layer(x, layer.init_state(2, "cpu"))
-        state = layer.init_state(2, "cpu")
-        ys = []
+        _, warm = layer(tokens(9, seed=3), layer.init_state(2, "cpu"))
+        y, s = layer(x, warm)
+        state, ys = warm, []
         for t in range(x.shape[1]):
             y_t, state = layer.step(x[:, t], state)
             ys.append(y_t)
+        y_a, s_a = layer(x[:, :11], warm)
+        y_b, s_b = layer(x[:, 11:], s_a)
+        y_reset, _ = layer(x, warm, reset)
+        y_fresh, _ = layer(x[:1, 9:], layer.init_state(1, "cpu"))
     assert_close_rms(torch.stack(ys, 1), y, TOL_RECURRENT, "step loop vs forward")
-    assert torch.equal(s.cache_valid, state.cache_valid)
+    assert_close_rms(torch.cat([y_a, y_b], 1), y, TOL_RECURRENT, "two pieces vs whole")
+    assert_close_rms(y_reset[:1, 9:], y_fresh, TOL_RECURRENT, "reset vs fresh state")
+    for final in (state, s_b):
+        assert torch.equal(final.cache_valid, s.cache_valid) and torch.equal(final.cache_birth, s.cache_birth)
+        if cache_size:
+            assert_close_rms(final.cache_k, s.cache_k, TOL_RECURRENT, "cache keys")
+        assert_close_rms(final.S, s.S, TOL_RECURRENT, "linear state")
 
 
 def test_lola_rejects_unknown_selection():

@@ -1,4 +1,6 @@
 """Probes run on a copy of the lifetime memory with learning off, and count their env steps apart."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -75,3 +77,22 @@ def test_probe_is_reproducible_for_a_seed(fake_agent):
 def test_probe_rejects_zero_episodes(fake_agent):
     with pytest.raises(ValueError, match="probe_episodes"):
         run_probe(fake_agent, fake_agent.initial_memory(1, "cpu"), None, ["A"], 0, 0, "cpu", make_env=make_corridor)
+
+
+def test_probe_with_the_real_agent_and_stream_leaves_the_lifetime_memory_untouched():
+    pytest.importorskip("agents.policy")
+    envs_make = pytest.importorskip("envs.make")
+    from omegaconf import OmegaConf
+
+    from agents.policy import LifelongAgent
+
+    stream_cfg = envs_make.load_stream_config("smoke")
+    env = envs_make.make_stream(stream_cfg, seed=0)
+    memory_cfg = OmegaConf.load(Path(__file__).resolve().parents[2] / "configs" / "memory" / "gated_deltanet.yaml")
+    agent = LifelongAgent(env.observation_space, env.action_space, memory_cfg, d_model=16, num_layers=1)
+    memory = tuple(type(s)(*(torch.randn_like(t) for t in s)) for s in agent.initial_memory(2, "cpu"))
+    before = [t.clone() for t in tree_leaves(memory)]
+    out = run_probe(agent, memory, stream_cfg, env.task_names[:1], episodes=1, seed=0, device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(before, tree_leaves(memory)))
+    (task,) = out
+    assert out[task]["steps"] > 0 and 0.0 <= out[task]["success"] <= 1.0

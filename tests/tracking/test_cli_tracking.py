@@ -1,0 +1,66 @@
+"""End to end through the ``lifelong`` command: a short run's TensorBoard tags and hparams (read back
+with tbparse), then ``lifelong compare`` on two short runs writing a PNG and a table."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LIFELONG = shutil.which("lifelong") or str(Path(sys.executable).parent / "lifelong")
+SHORT = (
+    "stream=smoke", "stream.steps_per_task=150", "num_envs=2", "total_steps=600", "agent.segment_length=32",
+    "agent.d_model=16", "agent.num_layers=1", "tracker.probe_every=300", "tracker.probe_episodes=1",
+    "tracker.log_every=100", "progress=false",
+)
+
+pytestmark = pytest.mark.slow
+
+
+def lifelong(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+    env.pop("TRITON_INTERPRET", None)
+    return subprocess.run([LIFELONG, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory) -> Path:
+    if not Path(LIFELONG).exists():
+        pytest.skip("the lifelong console script is not installed (pip install -e .)")
+    root = tmp_path_factory.mktemp("tracking_cli")
+    for mixer in ("gated_deltanet", "mamba2"):
+        result = lifelong("run", f"memory={mixer}", "seed=0", *SHORT, f"hydra.run.dir={root / 'runs' / mixer}", cwd=root)
+        assert result.returncode == 0, result.stderr[-3000:]
+    return root
+
+
+def test_a_short_run_writes_the_tracker_tags_and_hparams_into_its_own_directory(two_runs):
+    from tbparse import SummaryReader
+
+    run_dir = two_runs / "runs" / "gated_deltanet"
+    reader = SummaryReader(str(run_dir), extra_columns={"dir_name"})
+    tags = set(reader.scalars.tag)
+    for tag in ("cl/acc", "cl/learning_accuracy", "charts/task_id", "charts/task_switch", "charts/probe_env_steps",
+                "plasticity/weight_norm", "plasticity/dormant_frac/layer0", "memory/layer0/state_norm"):
+        assert tag in tags, f"{tag} missing from {sorted(tags)}"
+    assert any(t.startswith("eval/") and t.endswith("/success") for t in tags)
+    assert any(t.startswith("task/") and t.endswith("/success") for t in tags)
+    hp = dict(zip(reader.hparams.tag, reader.hparams.value))
+    assert hp.get("memory") == "gated_deltanet" and "stream" in hp and "seed" in hp
+    assert (reader.hparams.dir_name == "").all()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["R"] and summary["cl"]["acc"] is not None
+
+
+def test_compare_on_two_short_runs_writes_a_png_and_a_table(two_runs):
+    out = two_runs / "report"
+    result = lifelong("compare", str(two_runs / "runs"), "--out", str(out), cwd=two_runs)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    table = (out / "compare.md").read_text()
+    assert "| gated_deltanet |" in table and "| mamba2 |" in table
+    assert "gated_deltanet" in result.stdout and "mamba2" in result.stdout
