@@ -86,7 +86,8 @@ class RolloutCollector:
         self.boundary = torch.ones(b, dtype=torch.bool, device=self.device)
         self.valid = torch.ones(b, dtype=torch.bool, device=self.device)
         self.task_switch = self._task_switch(info)
-        self.memory = self.agent.initial_memory(b, self.device)
+        with torch.inference_mode():  # acting states are inference tensors (one compiled graph for all)
+            self.memory = self.agent.initial_memory(b, self.device)
         self.info = info
         return info
 
@@ -110,7 +111,8 @@ class RolloutCollector:
             raise RuntimeError("call reset(seed) before stepping")
         reset = self.reset_mask()
         if self.reset_on != "never" and bool(reset.any()):
-            self.memory = self.agent.reset_memory(self.memory, reset)
+            with torch.inference_mode():
+                self.memory = self.agent.reset_memory(self.memory, reset)
         if buf is not None:
             buf.add_input(self.obs, self.prev_action, self.prev_reward, self.boundary, reset, self.valid)
         out = self.agent.act(self.obs, self.prev_action, self.prev_reward, self.boundary, self.memory,
@@ -139,7 +141,8 @@ class RolloutCollector:
         memory = self.memory
         reset = self.reset_mask()
         if self.reset_on != "never" and bool(reset.any()):
-            memory = self.agent.reset_memory(memory, reset)
+            with torch.inference_mode():
+                memory = self.agent.reset_memory(memory, reset)
         out = self.agent.act(self.obs, self.prev_action, self.prev_reward, self.boundary, memory,
                              deterministic=True)
         return out.value.clone()
@@ -174,7 +177,8 @@ class RolloutCollector:
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         to = lambda t: t.to(self.device)  # noqa: E731
-        self.memory = tree_map(to, sd["memory"])
+        with torch.inference_mode():
+            self.memory = tree_map(lambda t: t.to(self.device).clone(), sd["memory"])
         self.generator.set_state(sd["generator"])
         self.obs = {k: to(v) for k, v in sd["obs"].items()}
         self.prev_action, self.prev_reward = to(sd["prev_action"]), to(sd["prev_reward"])

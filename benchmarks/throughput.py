@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
-import torch
-from omegaconf import OmegaConf
+# Run as a script, Python puts benchmarks/ first on sys.path, where benchmarks/kernels.py would
+# shadow the kernels package: look up the project root first instead.
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 DOORKEY_STREAM = {
     "name": "doorkey",
@@ -40,6 +46,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--compile", action="store_true")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--print-every", type=int, default=0,
+                   help="print a learning-curve line (success rate of the episodes in the window) every N segments")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -57,7 +66,7 @@ def main() -> None:
                           args.d_model, args.layers).to(device)
     if args.compile:
         agent.backbone.step = torch.compile(agent.backbone.step, dynamic=False)
-    learner = PPOLearner(agent, PPOConfig(update_epochs=args.epochs), compile=args.compile)
+    learner = PPOLearner(agent, PPOConfig(lr=args.lr, update_epochs=args.epochs), compile=args.compile)
     collector = RolloutCollector(env, agent, device=device)
     collector.reset(seed=0)
     buf = RolloutBuffer(args.num_envs, args.segment, device)
@@ -75,6 +84,8 @@ def main() -> None:
     env.step = timed_step
     t_collect = t_learn = 0.0
     episodes = successes = 0
+    win_episodes = win_successes = 0
+    start = time.perf_counter()
     for i in range(args.warmup + args.segments):
         if i == args.warmup:
             env_time[0], t_collect, t_learn, episodes, successes = 0.0, 0.0, 0.0, 0, 0
@@ -87,6 +98,13 @@ def main() -> None:
         t_learn += t2 - t1
         episodes += int(buf.done.sum())
         successes += int((buf.done & (buf.reward > 0)).sum())
+        win_episodes += int(buf.done.sum())
+        win_successes += int((buf.done & (buf.reward > 0)).sum())
+        if args.print_every and (i + 1) % args.print_every == 0:
+            done_steps = (i + 1) * args.segment * args.num_envs
+            print(f"steps {done_steps:>8d}  success {win_successes / max(win_episodes, 1):.3f} "
+                  f"({win_episodes} episodes)  wall {time.perf_counter() - start:.0f} s", flush=True)
+            win_episodes = win_successes = 0
     steps = args.segments * args.segment * args.num_envs
     total = t_collect + t_learn
     result = {

@@ -72,6 +72,16 @@ def chunk_local_cumsum(g: torch.Tensor, chunk_size: int, reverse: bool = False) 
 
 
 @triton.jit
+def mm(a, b, MM: tl.constexpr):
+    """``tl.dot`` with fp32 accumulation: operands cast to ``MM``; fp32 runs as 3xTF32 on tensor
+    cores (close to fp32 accuracy; plain TF32 would lose about three digits)."""
+    if MM == tl.float32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="tf32x3")
+    else:
+        return tl.dot(a.to(MM), b.to(MM))
+
+
+@triton.jit
 def masked_exp(x, mask):
     """exp(x) where ``mask``, 0 elsewhere, without evaluating exp off the mask (no overflow there)."""
     return tl.where(mask, tl.exp(tl.where(mask, x, 0.0)), 0.0)
@@ -88,6 +98,44 @@ def _cfg_bv() -> list:
         triton.Config({"BV": bv}, num_warps=w, num_stages=s)
         for bv in (64, 32) for w in (4, 8) for s in (2, 3)
     ])
+
+
+#: shared memory per thread block on an H100 / H200 (227 KiB)
+H100_SHARED_BYTES = 232448
+
+
+def aot_compile(
+    kernel, constexprs: dict, *, ints: tuple[str, ...] = ("T", "NT"), floats: tuple[str, ...] = ("scale",),
+    pointer_dtype: str = "bf16", fp32_pointers: tuple[str, ...] = (), arch: int = 90,
+    num_warps: int = 4, num_stages: int = 2,
+) -> int:
+    """Compile ``kernel`` to a cubin for ``sm_<arch>`` without a GPU (Triton ships ptxas) and return
+    its shared memory in bytes. Catches GPU-only compile errors in CI. Needs TRITON_INTERPRET unset:
+    run it in a subprocess from tests. Pointer arguments are ``pointer_dtype`` unless named in
+    ``fp32_pointers``."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+
+    fn = kernel
+    while hasattr(fn, "fn"):  # autotuner -> JITFunction -> python function
+        fn = fn.fn
+    jit_fn = JITFunction(fn)
+    sig = {}
+    for name in jit_fn.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name in ints:
+            sig[name] = "i32"
+        elif name in floats:
+            sig[name] = "fp32"
+        else:
+            sig[name] = "*" + ("fp32" if name in fp32_pointers else pointer_dtype)
+    src = ASTSource(fn=jit_fn, signature=sig, constexprs=constexprs)
+    compiled = triton.compile(
+        src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps, "num_stages": num_stages}
+    )
+    return int(compiled.metadata.shared)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,7 +176,7 @@ def _fwd_h_kernel(
         b_v = tl.load(v + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
         if USE_DELTA:
             b_w = tl.load(w + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
-            b_v = b_v - tl.dot(b_w.to(MM), b_h.to(MM))
+            b_v = b_v - mm(b_w, b_h, MM)
             tl.store(vnew + row[:, None] * V + o_v[None, :], b_v.to(vnew.dtype.element_ty), mask=m_tv)
         if USE_G:
             b_g = tl.load(gc + row, mask=m_t, other=0.0)
@@ -140,7 +188,7 @@ def _fwd_h_kernel(
             b_glk = tl.sum(tl.where((o_t == tl.minimum(i_n * BT + BT, T) - 1)[:, None], b_gk, 0.0), 0)
             b_k = b_k * tl.where(m_tk, tl.exp(b_glk[None, :] - b_gk), 0.0)
             b_h = b_h * tl.exp(b_glk)[:, None]
-        b_h += tl.dot(tl.trans(b_k).to(MM), b_v.to(MM))
+        b_h += mm(tl.trans(b_k), b_v, MM)
     tl.store(ht + i_bh * K * V + p_kv, b_h, mask=m_kv)
 
 
@@ -217,19 +265,19 @@ def _fwd_o_kernel(
         b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
         if USE_GK:
             b_gk = tl.load(gc + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)
-            b_o += tl.dot((b_q * tl.exp(b_gk)).to(MM), b_h.to(MM))
+            b_o += mm((b_q * tl.exp(b_gk)), b_h, MM)
             b_E = tl.exp(tl.where(m_A[:, :, None], b_gk[:, None, :] - b_gk[None, :, :], 0.0))
             b_A += tl.sum(b_q[:, None, :] * b_k[None, :, :] * b_E, 2)
         else:
-            b_o += tl.dot(b_q.to(MM), b_h.to(MM))
-            b_A += tl.dot(b_q.to(MM), tl.trans(b_k).to(MM))
+            b_o += mm(b_q, b_h, MM)
+            b_A += mm(b_q, tl.trans(b_k), MM)
     if USE_G:
         b_g = tl.load(gc + row, mask=m_t, other=0.0)
         b_o = b_o * tl.exp(b_g)[:, None]
         b_A = b_A * masked_exp(b_g[:, None] - b_g[None, :], m_A)
     b_A = tl.where(m_A, b_A, 0.0)
     b_v = tl.load(v + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
-    b_o = (b_o + tl.dot(b_A.to(MM), b_v.to(MM))) * scale
+    b_o = (b_o + mm(b_A, b_v, MM)) * scale
     tl.store(o + row[:, None] * V + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_tv)
 
 
@@ -295,10 +343,10 @@ def _bwd_dv_kernel(
             b_glk = tl.sum(tl.where((o_t == i_last)[:, None], b_gk, 0.0), 0)
             b_k = b_k * tl.where(m_tk, tl.exp(b_glk[None, :] - b_gk), 0.0)
         else:
-            b_At += tl.dot(b_k.to(MM), tl.trans(b_q).to(MM))
+            b_At += mm(b_k, tl.trans(b_q), MM)
         if ADD_DH:
             b_dh = tl.load(p_dh + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
-            b_dv += tl.dot(b_k.to(MM), b_dh.to(MM))
+            b_dv += mm(b_k, b_dh, MM)
     if USE_G:
         b_g = tl.load(gc + row, mask=m_t, other=0.0)
         b_gl = tl.sum(tl.where(o_t == i_last, b_g, 0.0))
@@ -307,7 +355,7 @@ def _bwd_dv_kernel(
             b_dv = b_dv * tl.where(m_t, tl.exp(b_gl - b_g), 0.0)[:, None]
     b_At = tl.where(m_A, b_At * scale, 0.0)
     b_do = tl.load(do + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
-    b_dv += tl.dot(b_At.to(MM), b_do.to(MM))
+    b_dv += mm(b_At, b_do, MM)
     tl.store(dv + row[:, None] * V + o_v[None, :], b_dv, mask=m_tv)
 
 
@@ -386,11 +434,11 @@ def _bwd_dh_kernel(
             if USE_G:
                 b_k = b_k * tl.where(m_t, tl.exp(b_gl - b_g), 0.0)[:, None]
             b_dv = tl.load(dv_local + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0)
-            b_dv += tl.dot(b_k.to(MM), b_dh.to(MM))
+            b_dv += mm(b_k, b_dh, MM)
             tl.store(dv_out + row[:, None] * V + o_v[None, :], b_dv, mask=m_tv)
-            b_dh_new = tl.dot(tl.trans(b_q).to(MM), b_do.to(MM)) - tl.dot(tl.trans(b_w).to(MM), b_dv.to(MM))
+            b_dh_new = mm(tl.trans(b_q), b_do, MM) - mm(tl.trans(b_w), b_dv, MM)
         else:
-            b_dh_new = tl.dot(tl.trans(b_q).to(MM), b_do.to(MM))
+            b_dh_new = mm(tl.trans(b_q), b_do, MM)
         if USE_G:
             b_dh = b_dh * tl.exp(b_gl)
         if USE_GK:
@@ -471,12 +519,12 @@ def _bwd_dqk_kernel(
         b_do = tl.load(do + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
         b_h = tl.load(hs + p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.0).to(tl.float32)
         b_dh = tl.load(dhs + p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.0).to(tl.float32)
-        b_dq += tl.dot(b_do.to(MM), tl.trans(b_h).to(MM))
-        b_dk += tl.dot(b_v.to(MM), tl.trans(b_dh).to(MM))
-        b_dA += tl.dot(b_do.to(MM), tl.trans(b_v).to(MM))
+        b_dq += mm(b_do, tl.trans(b_h), MM)
+        b_dk += mm(b_v, tl.trans(b_dh), MM)
+        b_dA += mm(b_do, tl.trans(b_v), MM)
         if USE_DELTA:
             b_dv = tl.load(dv + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
-            b_dw += tl.dot(b_dv.to(MM), tl.trans(b_h).to(MM))
+            b_dw += mm(b_dv, tl.trans(b_h), MM)
         if USE_G or USE_GK:
             b_hdh += tl.sum(b_h * b_dh, 1)
     b_q = tl.load(q + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
@@ -503,8 +551,8 @@ def _bwd_dqk_kernel(
         b_dq = b_dq * scale + tl.sum(b_E * b_k[None, :, :], 1)
         b_dk += tl.sum(b_E * b_q[:, None, :], 0)
     else:
-        b_dq = b_dq * scale + tl.dot(b_dA.to(MM), b_k.to(MM))
-        b_dk += tl.dot(tl.trans(b_dA).to(MM), b_q.to(MM))
+        b_dq = b_dq * scale + mm(b_dA, b_k, MM)
+        b_dk += mm(tl.trans(b_dA), b_q, MM)
     tl.store(dq + row[:, None] * K + o_k[None, :], b_dq, mask=m_tk)
     tl.store(dk + row[:, None] * K + o_k[None, :], b_dk, mask=m_tk)
     if USE_DELTA:

@@ -68,7 +68,10 @@ def _run_app() -> None:
         if cfg.get("reference"):
             from agents.reference import run_reference_lifetimes
 
+            from tracking.tracker import apply_reference_runs
+
             run_reference_lifetimes(cfg, run_dir, console)
+            summary = apply_reference_runs(run_dir)
         acc = summary.get("cl", {}).get("acc")
         return float(acc) if acc is not None else None
 
@@ -99,8 +102,9 @@ def cmd_compare(argv: list[str]) -> None:
     except (ValueError, FileNotFoundError) as error:
         fail(str(error))
     from lifelong.summary import print_dataframe
+    from tracking.report import display_table
 
-    print_dataframe(table, "runs compared", console)
+    print_dataframe(display_table(table), "runs compared (mean ± std over seeds)", console)
     console.print(f"figure: [bold]{png}[/]\ntable:  {out_dir / 'compare.md'}, {out_dir / 'compare.csv'}")
 
 

@@ -5,8 +5,12 @@ that the linear state recalls worst (highest self-recall error, SRE), and the li
 (S, z) = (sum phi(k) v^T, sum phi(k)) holding everything else (phi = elu + 1). The output mixes
 exact attention over window u cache with the linear readout through a learned per-head gate
 g = sigmoid(gate_logit) (DESIGN.md section 2; order of operations in
-``kernels/attention/lola_select.py``). ``selection`` picks what stays in the cache: ``sre`` (the
-paper), ``recency`` or ``random`` (ablations). With window = cache_size = 0 it is linear attention.
+``kernels/attention/lola_select.py``); at ``gate_init = 0`` (g = 1/2) the two parts are simply
+summed in numerator and denominator, as in the paper. ``selection`` picks what stays in the cache:
+``sre`` (the paper), ``recency`` (the newest pairs: a longer window) or ``random`` (a uniform random
+sample of the pairs that left the window), for the ablations. With window = cache_size = 0 it is
+linear attention. The forward is exact per token (see ``kernels/attention/chunk.py``), so ``step``
+and ``forward`` take the same cache decisions.
 """
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ import pandas as pd
 from tracking.curves import EpisodeCurve
 from tracking.tracker import load_reference_summaries, with_reference_transfer
 
-__all__ = ["find_run_dirs", "load_runs", "run_table", "aggregate", "plot_compare", "compare_runs", "FIGURES"]
+__all__ = ["find_run_dirs", "load_runs", "run_table", "aggregate", "display_table", "plot_compare", "compare_runs", "FIGURES"]
 
 #: Final figures compared, in table order: (column, where in summary.json).
 FIGURES: tuple[str, ...] = (
@@ -132,17 +132,29 @@ def aggregate(per_run: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(records).set_index("group")
 
 
-def _markdown(table: pd.DataFrame) -> str:
-    def cell(mean: float, std: float, runs: int) -> str:
-        if not math.isfinite(mean):
-            return "-"
-        return f"{mean:.3f} ± {std:.3f}" if runs > 1 else f"{mean:.3f}"
+def _cell(mean: float, std: float, runs: int) -> str:
+    if not math.isfinite(mean):
+        return "-"
+    return f"{mean:.3f} ± {std:.3f}" if runs > 1 else f"{mean:.3f}"
 
+
+def display_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The per-group table turned for a terminal: one row per figure, one column per group, cells
+    ``"mean ± std"`` (``"-"`` when undefined). ``table`` is what :func:`compare_runs` returns."""
+    rows = {"runs": [str(int(r)) for r in table["runs"]], "stream": list(table["stream"].astype(str))}
+    for name in FIGURES:
+        rows[name] = [_cell(row[name], row[f"{name}_std"], int(row["runs"])) for _, row in table.iterrows()]
+    frame = pd.DataFrame.from_dict(rows, orient="index", columns=list(table.index))
+    frame.index.name = "figure"
+    return frame
+
+
+def _markdown(table: pd.DataFrame) -> str:
     head = ["group", "stream", "runs", *FIGURES]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, row in table.iterrows():
         cells = [str(label), str(row["stream"]), str(int(row["runs"]))]
-        cells += [cell(row[f], row[f"{f}_std"], int(row["runs"])) for f in FIGURES]
+        cells += [_cell(row[f], row[f"{f}_std"], int(row["runs"])) for f in FIGURES]
         lines.append("| " + " | ".join(cells) + " |")
     notes = ("\nmean ± standard deviation over seeds; '-' = undefined (e.g. one task: no forgetting / "
              "BWT / FWT; forward_transfer_cw needs reference runs). retention = 1 - forgetting (stability), "

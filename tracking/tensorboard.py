@@ -72,7 +72,8 @@ class RunWriter:
     def writer(self) -> SummaryWriter:
         if self._writer is None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=self._purge_step)
+            # a deep queue: the default (10) makes every 10th scalar wait for the writer thread
+            self._writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=self._purge_step, max_queue=4096, flush_secs=30)
         return self._writer
 
     def resume_at(self, step: int) -> None:

@@ -131,14 +131,16 @@ class Tracker:
         dormant_window: int = 1000,
         dormant_threshold: float = 0.01,
         curve_points: int = 128,
+        episode_log_every: int = 500,
     ) -> None:
         names = list(task_names)
         if not names or len(set(names)) != len(names):
             raise ValueError(f"task_names must be a non-empty list of unique names (stream.task_names), got {names}")
-        if probe_every < 0 or probe_episodes < 1 or adaptation_k < 1 or revisit_window < 1:
+        if probe_every < 0 or probe_episodes < 1 or adaptation_k < 1 or revisit_window < 1 or episode_log_every < 0:
             raise ValueError(
                 f"need probe_every >= 0 (0 disables periodic probes), probe_episodes >= 1, adaptation_k >= 1, "
-                f"revisit_window >= 1; got {probe_every}, {probe_episodes}, {adaptation_k}, {revisit_window}"
+                f"revisit_window >= 1, episode_log_every >= 0; got {probe_every}, {probe_episodes}, {adaptation_k}, "
+                f"{revisit_window}, {episode_log_every}"
             )
         self.run_dir = Path(run_dir)
         self.task_names = names
@@ -148,6 +150,7 @@ class Tracker:
         self.adaptation_k = int(adaptation_k)
         self.revisit_window = int(revisit_window)
         self.curve_points = int(curve_points)
+        self.episode_log_every = int(episode_log_every)
         self.reference_dir = Path(reference_dir) if reference_dir is not None else self.run_dir / "reference"
         self.reference_curves = dict(reference_curves) if reference_curves is not None else None
         self._dormant_window = dormant_window
@@ -170,6 +173,8 @@ class Tracker:
         self._frozen_count = [0] * self.adaptation_k
         self._last: dict[str, float] = {}     # last value of every scalar tag written
         self._activity: dict[str, ActivityBuffer] = {}
+        self._episode_acc: dict[str, list[float]] = {}  # task -> [sum return, sum success, sum length, n]
+        self._episode_flushed_at = 0
 
     # ---- helpers ---------------------------------------------------------------------------
     def _scalar(self, tag: str, value: float, step: int) -> None:
@@ -252,6 +257,7 @@ class Tracker:
             return
         old = self._blocks[-1] if self._blocks else None
         if old is not None:
+            self._flush_episodes(step)
             self._maybe_log_revisit(old, step, force=True)
         self._new_block(step, task_name, visit, block_index)
         new_id = self.task_names.index(task_name)
@@ -282,9 +288,13 @@ class Tracker:
                 f"(got {episodes_since_switch}): pass count + 1"
             )
         success, ret = float(success), float(episode_return)
-        self._scalar(f"task/{task_name}/return", ret, step)
-        self._scalar(f"task/{task_name}/success", success, step)
-        self._scalar(f"task/{task_name}/length", float(episode_length), step)
+        acc = self._episode_acc.setdefault(task_name, [0.0, 0.0, 0.0, 0])
+        acc[0] += ret
+        acc[1] += success
+        acc[2] += float(episode_length)
+        acc[3] += 1
+        if step - self._episode_flushed_at >= self.episode_log_every:
+            self._flush_episodes(step)
         block = self._latest_block(task_name)
         if block is None:  # no switch logged yet: the lifetime's first block
             block = self._new_block(
@@ -301,6 +311,18 @@ class Tracker:
             block["adapt_sum"][episodes_since_switch - 1] += ret
             block["adapt_count"][episodes_since_switch - 1] += 1
         self._maybe_log_revisit(block, step)
+
+    def _flush_episodes(self, step: int) -> None:
+        """Write ``task/<name>/{return,success,length}``: means over the episodes since the last flush
+        (every ``episode_log_every`` steps, at task switches and at the end; one TB event per
+        episode would cost a few % of the loop's throughput)."""
+        for task, (ret, success, length, n) in self._episode_acc.items():
+            if n:
+                self._scalar(f"task/{task}/return", ret / n, step)
+                self._scalar(f"task/{task}/success", success / n, step)
+                self._scalar(f"task/{task}/length", length / n, step)
+        self._episode_acc = {}
+        self._episode_flushed_at = step
 
     def log_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         """Free-form scalars, e.g. ``{"losses/policy": .., "charts/sps": ..}``."""
@@ -489,6 +511,7 @@ class Tracker:
     def finalize(self) -> dict[str, Any]:
         """Close the current block, write the final figures, hparams and ``summary.json``."""
         step = self.last_step
+        self._flush_episodes(step)
         if self._blocks:
             self._maybe_log_revisit(self._blocks[-1], step, force=True)
             self._flush_adaptation(self._blocks[-1], step)
@@ -525,6 +548,8 @@ class Tracker:
             "frozen_count": list(self._frozen_count),
             "last": dict(self._last),
             "activity": {k: b.state_dict() for k, b in self._activity.items()},
+            "episode_acc": {k: list(v) for k, v in self._episode_acc.items()},
+            "episode_flushed_at": self._episode_flushed_at,
         }
 
     def load_state_dict(self, sd: Mapping[str, Any]) -> None:
@@ -548,4 +573,6 @@ class Tracker:
             buf = ActivityBuffer(self._dormant_window, self._dormant_threshold)
             buf.load_state_dict(bsd)
             self._activity[layer] = buf
+        self._episode_acc = {k: list(v) for k, v in sd["episode_acc"].items()}
+        self._episode_flushed_at = int(sd["episode_flushed_at"])
         self.tb.resume_at(self.last_step + 1)

@@ -30,6 +30,7 @@ from kernels.triton_utils import (
     fused_step,
     masked_exp,
     matmul_dtype,
+    mm,
 )
 
 __all__ = ["gated_delta_rule_triton", "gated_delta_rule_step_triton"]
@@ -50,7 +51,8 @@ def _wy_fwd_kernel(
 
     The inverse: the NB diagonal SUB x SUB blocks by forward substitution (all blocks at once,
     SUB - 1 steps); then with D their block-diagonal inverse and N = D A_off (strictly block-lower,
-    N^NB = 0), (I + A)^-1 = (I + N)^-1 D = (I - N)(I + N^2)(I + N^4)... D: LOG_NB + 1 fp32 dots."""
+    N^NB = 0), (I + A)^-1 = (I + N)^-1 D = (I - N)(I + N^2)(I + N^4)... D: 2 LOG_NB fp32 dots
+    (3xTF32)."""
     i_n = tl.program_id(0)
     i_bh = tl.program_id(1)
     i_b = i_bh // H
@@ -65,7 +67,7 @@ def _wy_fwd_kernel(
         o_k = i_k * BK + tl.arange(0, BK)
         m_tk = m_t[:, None] & (o_k < K)[None, :]
         b_k = tl.load(k + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
-        b_A += tl.dot(b_k.to(MM), tl.trans(b_k).to(MM))
+        b_A += mm(b_k, tl.trans(b_k), MM)
     m_A = o_i[:, None] > o_i[None, :]
     b_e = tl.full([BT], 1.0, dtype=tl.float32)
     if USE_G:
@@ -97,25 +99,25 @@ def _wy_fwd_kernel(
     b_T = tl.load(p_T, mask=m_t[:, None] & same, other=0.0)
     if NB > 1:
         eye = tl.where(o_i[:, None] == o_i[None, :], 1.0, 0.0)
-        b_N = tl.dot(b_T, tl.where(same, 0.0, b_A), input_precision="ieee")
+        b_N = tl.dot(b_T, tl.where(same, 0.0, b_A), input_precision="tf32x3")
         b_P = eye - b_N
         for _ in tl.static_range(LOG_NB - 1):
-            b_N = tl.dot(b_N, b_N, input_precision="ieee")
-            b_P = tl.dot(b_P, eye + b_N, input_precision="ieee")
-        b_T = tl.dot(b_P, b_T, input_precision="ieee")
+            b_N = tl.dot(b_N, b_N, input_precision="tf32x3")
+            b_P = tl.dot(b_P, eye + b_N, input_precision="tf32x3")
+        b_T = tl.dot(b_P, b_T, input_precision="tf32x3")
     tl.debug_barrier()
     tl.store(p_T, b_T, mask=m_t[:, None])
     for i_k in range(tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_tk = m_t[:, None] & (o_k < K)[None, :]
         b_k = tl.load(k + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
-        b_w = tl.dot(b_T.to(MM), (b_k * (b_beta * b_e)[:, None]).to(MM))
+        b_w = mm(b_T, (b_k * (b_beta * b_e)[:, None]), MM)
         tl.store(w + row[:, None] * K + o_k[None, :], b_w.to(w.dtype.element_ty), mask=m_tk)
     for i_v in range(tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_tv = m_t[:, None] & (o_v < V)[None, :]
         b_v = tl.load(v + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
-        b_u = tl.dot(b_T.to(MM), (b_v * b_beta[:, None]).to(MM))
+        b_u = mm(b_T, (b_v * b_beta[:, None]), MM)
         tl.store(u + row[:, None] * V + o_v[None, :], b_u.to(u.dtype.element_ty), mask=m_tv)
 
 
@@ -151,8 +153,8 @@ def _wy_bwd_kernel(
         m_tv = m_t[:, None] & (o_v < V)[None, :]
         b_v = tl.load(v + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
         b_du = tl.load(du + row[:, None] * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
-        b_dT += tl.dot(b_du.to(MM), tl.trans(b_v * b_beta[:, None]).to(MM))
-        b_dvb = tl.dot(tl.trans(b_T).to(MM), b_du.to(MM))
+        b_dT += mm(b_du, tl.trans(b_v * b_beta[:, None]), MM)
+        b_dvb = mm(tl.trans(b_T), b_du, MM)
         b_dv = b_dvb * b_beta[:, None]
         tl.store(dv + row[:, None] * V + o_v[None, :], b_dv, mask=m_tv)
         b_dbeta += tl.sum(b_dvb * b_v, 1)
@@ -163,13 +165,13 @@ def _wy_bwd_kernel(
         m_tk = m_t[:, None] & (o_k < K)[None, :]
         b_k = tl.load(k + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
         b_dw = tl.load(dw + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
-        b_dT += tl.dot(b_dw.to(MM), tl.trans(b_k * (b_beta * b_e)[:, None]).to(MM))
-        b_dkb = tl.dot(tl.trans(b_T).to(MM), b_dw.to(MM))
+        b_dT += mm(b_dw, tl.trans(b_k * (b_beta * b_e)[:, None]), MM)
+        b_dkb = mm(tl.trans(b_T), b_dw, MM)
         b_dbeta += tl.sum(b_dkb * b_k, 1) * b_e
-        b_KK += tl.dot(b_k.to(MM), tl.trans(b_k).to(MM))
+        b_KK += mm(b_k, tl.trans(b_k), MM)
     # dA = -T^T dT T^T on the strict lower triangle; A_ij = beta_i (k_i . k_j) Gamma_ij
-    b_dA = tl.dot(b_dT.to(MM), tl.trans(b_T).to(MM))
-    b_dA = -tl.dot(tl.trans(b_T).to(MM), b_dA.to(MM))
+    b_dA = mm(b_dT, tl.trans(b_T), MM)
+    b_dA = -mm(tl.trans(b_T), b_dA, MM)
     if USE_G:
         b_dA = b_dA * masked_exp(b_g[:, None] - b_g[None, :], m_A)
     b_dA = tl.where(m_A, b_dA, 0.0)
@@ -181,8 +183,8 @@ def _wy_bwd_kernel(
         b_k = tl.load(k + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
         b_dw = tl.load(dw + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
         b_dk = tl.load(dk_in + row[:, None] * K + o_k[None, :], mask=m_tk, other=0.0)
-        b_dk += tl.dot(tl.trans(b_T).to(MM), b_dw.to(MM)) * (b_beta * b_e)[:, None]
-        b_dk += tl.dot(b_M.to(MM), b_k.to(MM)) + tl.dot(tl.trans(b_M).to(MM), b_k.to(MM))
+        b_dk += mm(tl.trans(b_T), b_dw, MM) * (b_beta * b_e)[:, None]
+        b_dk += mm(b_M, b_k, MM) + mm(tl.trans(b_M), b_k, MM)
         tl.store(dk + row[:, None] * K + o_k[None, :], b_dk, mask=m_tk)
     tl.store(dbeta + row, b_dbeta, mask=m_t)
     if USE_G:

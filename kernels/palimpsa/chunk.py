@@ -20,7 +20,7 @@ import torch
 
 from kernels.palimpsa.reference import (
     PalimpsaState,
-    _default_state,
+    resolve_state,
     check_inputs,
     prior_precision_tensor,
 )
@@ -47,6 +47,11 @@ def _chunk_states(k: torch.Tensor, v: torch.Tensor, b: torch.Tensor, g: torch.Te
     return M.view(shape), I.view(shape), G, L
 
 
+def _inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``sum_{k, v} a * b`` for ``[B, H, C, K, V]`` tensors as a batched dot (no temporary)."""
+    return (a.flatten(-2)[..., None, :] @ b.flatten(-2)[..., :, None]).flatten(-3)
+
+
 class _PalimpsaChunkFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, g, b, M0, I0, prior, scale: float, chunk_size: int):
@@ -63,12 +68,12 @@ class _PalimpsaChunkFunction(torch.autograd.Function):
             starts_M.append(M)
             starts_I.append(I)
             Ms, Is, _, _ = _chunk_states(kh[:, :, s:e], vh[:, :, s:e], bh[:, :, s:e], gh[:, :, s:e], M, I)
-            mu = Ms / (den_prior + Is)
+            M, I = Ms[:, :, -1].clone(), Is[:, :, -1].clone()
+            mu = Ms.div_(Is.add_(den_prior))                      # in place: no grad inside forward
             o[:, :, s:e] = (qh[:, :, s:e, None, :] @ mu).squeeze(-2) * scale
-            M, I = Ms[:, :, -1], Is[:, :, -1]
         ctx.save_for_backward(q, k, v, g, b, prior, torch.stack(starts_M), torch.stack(starts_I))
         ctx.scale, ctx.chunk_size = scale, chunk_size
-        return o.transpose(1, 2).to(q.dtype), M.clone(), I.clone()
+        return o.transpose(1, 2).to(q.dtype), M, I
 
     @staticmethod
     def backward(ctx, do, dM_T, dI_T):
@@ -89,26 +94,27 @@ class _PalimpsaChunkFunction(torch.autograd.Function):
             e = min(s + C, T)
             qc, kc, vc, bc, gc, doc = (x[:, :, s:e] for x in (qh, kh, vh, bh, gh, doh))
             Ms, Is, G, L = _chunk_states(kc, vc, bc, gc, starts_M[c], starts_I[c])
-            den = den_prior + Is
+            den = Is + den_prior
             mu = Ms / den
-            dq[:, :, s:e] = (mu @ doc[..., None]).squeeze(-1) * scale
-            dMd = (scale * qc[..., :, None] * doc[..., None, :]) / den      # direct dL/dM_t
-            dId = -dMd * mu                                                  # direct dL/dI~_t
-            dprior += dId.sum(dim=(0, 2, 3, 4))
+            do_s = doc * scale
+            dq[:, :, s:e] = (mu @ do_s[..., None]).squeeze(-1)
+            dMd = torch.mul(qc[..., :, None], do_s[..., None, :]).div_(den)  # direct dL/dM_t
+            dId_neg = dMd * mu                                                 # minus the direct dL/dI~_t
+            dprior -= dId_neg.sum(dim=(0, 2, 3, 4))
             # adjoint recurrence inside the chunk: dM̄_t = sum_{s>=t} L[s, t] dMd_s + exp(G_C - G_t) dM
             Lt = L.transpose(-1, -2)
-            tail = torch.exp(G[..., -1:] - G)[..., None, None]
+            tail = torch.exp(G[..., -1:] - G)[..., None]
             shape = dMd.shape
-            dMbar = (Lt @ dMd.flatten(-2)).view(shape) + tail * dM[:, :, None]
-            dIbar = (Lt @ dId.flatten(-2)).view(shape) + tail * dI[:, :, None]
+            dMbar = (Lt @ dMd.flatten(-2)).addcmul_(tail, dM.flatten(-2)[:, :, None]).view(shape)
+            dIbar = (Lt @ dId_neg.flatten(-2)).neg_().addcmul_(tail, dI.flatten(-2)[:, :, None]).view(shape)
             dk_M = (dMbar @ vc[..., None]).squeeze(-1)                       # sum_v dM̄[k, v] v[v]
             dk_I = (dIbar @ bc[..., None]).squeeze(-1)                       # sum_v dĪ[k, v] b[v]
+            k2 = kc * kc
             dk[:, :, s:e] = dk_M + 2 * kc * dk_I
             dv[:, :, s:e] = (kc[..., None, :] @ dMbar).squeeze(-2)
-            db[:, :, s:e] = ((kc * kc)[..., None, :] @ dIbar).squeeze(-2)
+            db[:, :, s:e] = (k2[..., None, :] @ dIbar).squeeze(-2)
             # dg_t = f_t <dM̄_t, M_{t-1}> + f_t <dĪ_t, I~_{t-1}>, with f_t M_{t-1} = M_t - k_t v_t^T
-            dg[:, :, s:e] = ((dMbar * Ms).sum((-2, -1)) - (kc * dk_M).sum(-1)
-                             + (dIbar * Is).sum((-2, -1)) - (kc * kc * dk_I).sum(-1))
+            dg[:, :, s:e] = (_inner(dMbar, Ms) - (kc * dk_M).sum(-1) + _inner(dIbar, Is) - (k2 * dk_I).sum(-1))
             f0 = torch.exp(gc[..., 0])[..., None, None]
             dM, dI = f0 * dMbar[:, :, 0], f0 * dIbar[:, :, 0]
 
@@ -132,7 +138,7 @@ def palimpsa_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.T
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size}")
     H, K = q.shape[-2], q.shape[-1]
     scale = K ** -0.5 if scale is None else float(scale)
-    state = _default_state(q, v, state)
+    state = resolve_state(q, v, state)
     if q.shape[1] == 0:
         return q.new_zeros(*q.shape[:-1], v.shape[-1]), state
     prior = prior_precision_tensor(prior_precision, H, q.device)

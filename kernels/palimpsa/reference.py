@@ -73,7 +73,8 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Ten
                 raise ValueError(f"state.{name} must be [B, H, K, V] = {(B, H, K, V)}, got {tuple(s.shape)}")
 
 
-def _default_state(q: torch.Tensor, v: torch.Tensor, state: PalimpsaState | None) -> PalimpsaState:
+def resolve_state(q: torch.Tensor, v: torch.Tensor, state: PalimpsaState | None) -> PalimpsaState:
+    """``state`` as fp32, or the prior (zeros) when None."""
     if state is not None:
         return PalimpsaState(state.M.float(), state.I_tilde.float())
     return init_palimpsa_state(q.shape[0], q.shape[-2], q.shape[-1], v.shape[-1], q.device)
@@ -89,7 +90,7 @@ def palimpsa_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Te
     check_inputs(q, k, v, g, b, state, step=True)
     H, K = q.shape[-2], q.shape[-1]
     scale = K ** -0.5 if scale is None else scale
-    state = _default_state(q, v, state)
+    state = resolve_state(q, v, state)
     prior = prior_precision_tensor(prior_precision, H, q.device)[None, :, None, None]
     kf, vf, bf, qf = k.float(), v.float(), b.float(), q.float()
     f = g.float().exp()[..., None, None]
@@ -106,7 +107,7 @@ def palimpsa_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: tor
     """Naive loop over T of :func:`palimpsa_step`. q, k ``[B, T, H, K]``; v, b ``[B, T, H, V]``;
     g ``[B, T, H]``. Returns o ``[B, T, H, V]`` and the final state."""
     check_inputs(q, k, v, g, b, state)
-    state = _default_state(q, v, state)
+    state = resolve_state(q, v, state)
     outputs = []
     for t in range(q.shape[1]):
         o_t, state = palimpsa_step(q[:, t], k[:, t], v[:, t], g[:, t], b[:, t], state,

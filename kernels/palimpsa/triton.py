@@ -22,7 +22,7 @@ import triton.language as tl
 from kernels.backend import autotune_configs
 from kernels.palimpsa.reference import (
     PalimpsaState,
-    _default_state,
+    resolve_state,
     check_inputs,
     palimpsa_step as palimpsa_step_torch,
     prior_precision_tensor,
@@ -31,15 +31,18 @@ from kernels.palimpsa.reference import (
 #: Chunk length of the Triton kernels: [BT, BK, BV] tiles live in registers, so BT stays small.
 TRITON_CHUNK = 16
 #: Largest K and V tile of one program; sums over several tiles are partials added by the wrapper.
+#: The backward keeps more [BT, BK, BV] tensors alive, so its V tile is halved. Compiled for sm_90
+#: with 8 warps, these sizes use <= 255 registers per thread and spill nothing (ptxas -v).
 MAX_TILE = 16
+BWD_MAX_TILE_V = 8
 
 
-def _tile(n: int) -> int:
-    return max(4, min(MAX_TILE, triton.next_power_of_2(n)))
+def _tile(n: int, cap: int | None = None) -> int:
+    return max(4, min(MAX_TILE if cap is None else min(cap, MAX_TILE), triton.next_power_of_2(n)))
 
 
 def _configs() -> list:
-    return autotune_configs([triton.Config({}, num_warps=w) for w in (4, 8, 2)])
+    return autotune_configs([triton.Config({}, num_warps=w) for w in (8, 4)])
 
 
 @triton.jit
@@ -144,7 +147,7 @@ def _palimpsa_bwd_kernel(
     b_dM = tl.load(dMT + i_bh * K * V + p_kv, mask=m_kv, other=0.0)
     b_dI = tl.load(dIT + i_bh * K * V + p_kv, mask=m_kv, other=0.0)
     b_prior = tl.load(prior + i_h)
-    b_dprior = 0.0
+    b_dprior = tl.zeros([BK, BV], dtype=tl.float32)
     o_c = tl.arange(0, BT)
     i_tile = i_k * n_v + i_v
     for i_r in range(NT):
@@ -171,7 +174,7 @@ def _palimpsa_bwd_kernel(
         tl.store(dq_part + (i_v * n_bh * T + row[:, None]) * K + o_k[None, :], b_dq, mask=m_tk)
         b_dMd = (scale * b_q[:, :, None] * b_do[:, None, :]) / b_den
         b_dId = -b_dMd * b_mu
-        b_dprior += tl.sum(tl.sum(tl.sum(b_dId, 2), 1), 0)
+        b_dprior += tl.sum(b_dId, 0)
         # adjoint: dM̄_t = sum_{s >= t} L[s, t] dM_s + exp(G_last - G_t) dM_carry (padded g = 0)
         b_Lt = tl.trans(b_L)
         b_tail = tl.exp(tl.sum(tl.where(o_c == BT - 1, b_G, 0.0)) - b_G)[:, None, None]
@@ -194,7 +197,7 @@ def _palimpsa_bwd_kernel(
         b_dI = b_f0 * tl.sum(tl.where(first, b_dIbar, 0.0), 0)
     tl.store(dM0 + i_bh * K * V + p_kv, b_dM, mask=m_kv)
     tl.store(dI0 + i_bh * K * V + p_kv, b_dI, mask=m_kv)
-    tl.store(dprior_part + i_tile * n_bh + i_bh, b_dprior)
+    tl.store(dprior_part + i_tile * n_bh + i_bh, tl.sum(tl.sum(b_dprior, 1), 0))
 
 
 @triton.jit
@@ -229,8 +232,9 @@ def _palimpsa_step_kernel(
     tl.store(I_out + p_kv, b_I, mask=m_kv)
 
 
-def _tiles(K: int, V: int) -> tuple[int, int, int, int]:
-    BK, BV = _tile(K), _tile(V)
+def _tiles(K: int, V: int, max_v: int | None = None) -> tuple[int, int, int, int]:
+    """Tile sides and tile counts: BK, BV, NK, NV."""
+    BK, BV = _tile(K), _tile(V, max_v)
     return BK, BV, triton.cdiv(K, BK), triton.cdiv(V, BV)
 
 
@@ -264,7 +268,7 @@ class _PalimpsaTritonFunction(torch.autograd.Function):
         V = v.shape[-1]
         BT = ctx.chunk_size
         NT = hs_M.shape[2]
-        BK, BV, NK, NV = _tiles(K, V)
+        BK, BV, NK, NV = _tiles(K, V, BWD_MAX_TILE_V)
         do = do.contiguous()
         dMT = torch.zeros_like(hs_M[:, :, 0]) if dMT is None else dMT.float().contiguous()
         dIT = torch.zeros_like(hs_M[:, :, 0]) if dIT is None else dIT.float().contiguous()
@@ -299,7 +303,7 @@ def palimpsa_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size}")
     H, K = q.shape[-2], q.shape[-1]
     scale = K ** -0.5 if scale is None else float(scale)
-    state = _default_state(q, v, state)
+    state = resolve_state(q, v, state)
     if q.shape[1] == 0:
         return q.new_zeros(*q.shape[:-1], v.shape[-1]), state
     prior = prior_precision_tensor(prior_precision, H, q.device)
@@ -351,7 +355,7 @@ def palimpsa_step_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: t
     check_inputs(q, k, v, g, b, state, step=True)
     H, K = q.shape[-2], q.shape[-1]
     scale = K ** -0.5 if scale is None else float(scale)
-    state = _default_state(q, v, state)
+    state = resolve_state(q, v, state)
     prior = prior_precision_tensor(prior_precision, H, q.device)
     o, M, I = _PalimpsaStepTritonFunction.apply(q, k, v, g, b, state.M, state.I_tilde, prior, scale)
     return o, PalimpsaState(M, I)

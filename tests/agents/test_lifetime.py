@@ -70,9 +70,41 @@ def test_a_non_finite_memory_stops_the_lifetime_with_the_likely_fixes(fakes, tmp
         life.train_segment()
 
 
-def test_a_reset_ablation_runs_with_the_learner_seeing_the_resets(fakes, tmp_path):
-    life = Lifetime(lifetime_cfg(memory={"reset_on": "task"}, total_steps=160), tmp_path)
-    life.run(progress=False)
-    assert life.reset_on == "task"
+def test_with_reset_on_task_the_learner_recomputes_acting_exactly_across_the_task_switch(fakes, tmp_path):
+    life = Lifetime(lifetime_cfg(memory={"reset_on": "task"}, stream={"block_steps": 43}), tmp_path)
+    life.start()
+    buf, resets_seen = life.buffer, 0
+    for _ in range(12):  # 96 steps per lifetime: the first switch falls inside a segment
+        life.collector.collect(buf)
+        resets_seen += int(buf.reset[:, 1:].sum())
+        with torch.no_grad():
+            out = life.agent.evaluate(buf.obs, buf.prev_action, buf.prev_reward, buf.boundary, buf.memory_start,
+                                      buf.reset)
+        logp = out.log_probs.gather(-1, buf.action[..., None]).squeeze(-1)
+        torch.testing.assert_close(logp, buf.log_prob, rtol=1e-4, atol=1e-4)
+    assert resets_seen == 2  # one task switch in each of the two lifetimes
+
+
+def test_an_unknown_reset_choice_is_refused(fakes, tmp_path):
     with pytest.raises(ValueError, match="reset_on"):
-        Lifetime(lifetime_cfg(memory={"reset_on": "sometimes"}), tmp_path / "bad")
+        Lifetime(lifetime_cfg(memory={"reset_on": "sometimes"}), tmp_path)
+
+
+def test_a_lifetime_runs_end_to_end_on_the_smoke_stream_with_gated_deltanet(tmp_path):
+    """The real stream, mixer, tracker and probes (no fakes): summary.json and TensorBoard logs."""
+    from envs.make import load_stream_config
+    from memory_layers.registry import load_memory_config
+
+    stream = load_stream_config("smoke")
+    stream.steps_per_task = 40
+    cfg = lifetime_cfg(total_steps=None, num_envs=2, agent={"segment_length": 16},
+                       tracker={"probe_every": 10_000, "probe_episodes": 1, "log_every": 32})
+    cfg.memory = load_memory_config("gated_deltanet")
+    cfg.stream = stream
+    life = Lifetime(cfg, tmp_path)
+    summary = life.run(progress=False)
+    assert life.global_step >= 2 * 3 * 40
+    assert set(summary["final_probe"]) == {"doorkey", "doorkey-permuted"}
+    assert (tmp_path / "summary.json").exists() and (tmp_path / "checkpoint.pt").exists()
+    assert list(tmp_path.glob("events.out.tfevents.*"))
+    assert summary["R_blocks"][0] == 0  # the first block's row of R was filled by its block-end probe

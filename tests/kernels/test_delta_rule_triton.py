@@ -142,3 +142,59 @@ def test_bad_inputs_raise_errors_that_name_the_fix():
         gated_delta_rule_triton(q, k, v, g, beta, S0, chunk_size=20)
     with pytest.raises(ValueError, match="gated_delta_rule_triton"):
         gated_delta_rule_step_triton(q, k, v, g, beta, S0)
+
+
+def test_bf16_inputs_give_bf16_outputs_fp32_states_and_finite_gradients():
+    q, k, v, g, beta, S0 = _inputs(40, 16, 16, True)
+    low = _leaves(q.bfloat16(), k.bfloat16(), v.bfloat16(), g, beta.bfloat16(), S0)
+    o, S = gated_delta_rule_triton(*low, chunk_size=16)
+    assert o.dtype == torch.bfloat16 and S.dtype == torch.float32
+    o_ref, S_ref = gated_delta_rule_reference(*[x.float() for x in low])
+    assert_close_rms(o.float(), o_ref, 2e-2, "o (bf16)")
+    assert_close_rms(S, S_ref, 2e-2, "state (bf16)")
+    o.float().sum().backward()
+    assert low[4].grad.dtype == torch.bfloat16
+    assert all(torch.isfinite(x.grad).all() for x in low)
+
+
+_AOT_SCRIPT = """
+import json, triton.language as tl
+import kernels.triton_utils as U
+import kernels.delta_rule.triton as D
+FP32 = ("gc", "h0", "ht", "dht", "dh0", "dv", "dv_local", "dv_out", "dq", "dk", "dk_in", "dw", "dg", "g", "h",
+        "h_out", "Tm", "dbeta", "beta")
+base = dict(H=8, K=128, V=128, BT=64, MM=tl.bfloat16, USE_G=True)
+c = lambda kern, **kw: U.aot_compile(kern, {**base, **kw}, fp32_pointers=FP32)
+out = {
+    "wy_fwd": c(D._wy_fwd_kernel, BK=64, BV=64, SUB=16, NB=4, LOG_NB=2),
+    "wy_bwd": c(D._wy_bwd_kernel, BK=64, BV=64),
+    "fwd_h": c(U._fwd_h_kernel, BK=128, BV=64, USE_GK=False, USE_DELTA=True, USE_H0=True),
+    "bwd_dv": c(U._bwd_dv_kernel, BK=64, BV=64, USE_GK=False, ADD_DH=False),
+    "bwd_dh": c(U._bwd_dh_kernel, BK=128, BV=64, USE_GK=False, USE_DELTA=True, USE_DHT=True),
+    "bwd_dqk": c(U._bwd_dqk_kernel, BK=64, BV=64, USE_GK=False, USE_DELTA=True),
+    "step": U.aot_compile(U._step_kernel, dict(H=8, K=128, V=128, BK=128, BV=64, USE_G=True, USE_GK=False,
+                          USE_DELTA=True), fp32_pointers=FP32),
+}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_h100_and_fit_its_shared_memory():
+    """AOT-compiles every delta-rule kernel for sm_90 in bf16 at D=128 (no GPU needed)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from kernels.triton_utils import H100_SHARED_BYTES
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], cwd=root, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    shared = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(shared) == 7
+    too_big = {name: b for name, b in shared.items() if b > H100_SHARED_BYTES}
+    assert not too_big, f"kernels over the H100's shared memory: {too_big}"

@@ -186,3 +186,88 @@ def test_bad_inputs_raise_errors_that_name_the_fix():
         simple_gla_triton(q, k, v, g, S0, chunk_size=48)
     with pytest.raises(ValueError, match="state"):
         simple_gla_triton(q, k, v, g, S0[:, :, :8])
+
+
+def test_public_ops_dispatch_to_triton():
+    from kernels.gated_linear import gla, linear_attn, simple_gla
+
+    q, k, v, g, S0 = _inputs(24, 16, 16, "head")
+    o, S = simple_gla(q, k, v, g, S0, chunk_size=16, backend="triton")
+    assert_close_rms(o, simple_gla_reference(q, k, v, g, S0)[0], TOL_CHUNKED, "simple_gla o")
+    gk = F.logsigmoid(torch.randn(B, 24, H, 16) + 2.0)
+    o, S = gla(q, k, v, gk, S0, backend="triton")
+    assert_close_rms(o, gla_reference(q, k, v, gk, S0)[0], TOL_CHUNKED, "gla o")
+    qp, kp = F.elu(q) + 1, F.elu(k) + 1
+    o, st = linear_attn(qp, kp, v, None, backend="triton")
+    assert_close_rms(o, linear_attn_reference(qp, kp, v, None)[0], TOL_CHUNKED, "linear_attn o")
+
+
+def test_bf16_inputs_give_bf16_outputs_fp32_states_and_bf16_gradients():
+    q, k, v, g, S0 = _inputs(40, 16, 16, "head")
+    low = _leaves(q.bfloat16(), k.bfloat16(), v.bfloat16(), g, S0)
+    o, S = simple_gla_triton(*low, chunk_size=16)
+    assert o.dtype == torch.bfloat16 and S.dtype == torch.float32
+    o_ref, S_ref = simple_gla_reference(*[x.float() for x in low])
+    assert_close_rms(o.float(), o_ref, 2e-2, "o (bf16)")
+    assert_close_rms(S, S_ref, 2e-2, "state (bf16)")
+    o.float().sum().backward()
+    assert [x.grad.dtype for x in low[:3]] == [torch.bfloat16] * 3
+    assert all(torch.isfinite(x.grad).all() for x in low)
+
+
+_AOT_SCRIPT = """
+import json, triton.language as tl
+import kernels.triton_utils as U
+FP32 = ("gc", "h0", "ht", "dht", "dh0", "dv", "dv_local", "dv_out", "dq", "dk", "dw", "dg", "g", "h", "h_out")
+base = dict(H=8, K=128, V=128, MM=tl.bfloat16)
+out = {}
+for gate, BT, BK in (("G", 64, 64), ("GK", 16, 32)):
+    fl = dict(USE_G=gate == "G", USE_GK=gate == "GK")
+    c = lambda kern, **kw: U.aot_compile(kern, {**base, **fl, "BT": BT, **kw}, fp32_pointers=FP32)
+    out[gate + " fwd_h"] = c(U._fwd_h_kernel, BK=128, BV=64, USE_DELTA=False, USE_H0=True)
+    out[gate + " fwd_o"] = c(U._fwd_o_kernel, BK=BK, BV=64)
+    out[gate + " bwd_dv"] = c(U._bwd_dv_kernel, BK=BK, BV=64, ADD_DH=True)
+    out[gate + " bwd_dh"] = c(U._bwd_dh_kernel, BK=128, BV=64, USE_DELTA=False, USE_DHT=True)
+    out[gate + " bwd_dqk"] = c(U._bwd_dqk_kernel, BK=BK, BV=64, USE_DELTA=False)
+out["step"] = U.aot_compile(U._step_kernel, dict(H=8, K=128, V=128, BK=128, BV=64, USE_G=False, USE_GK=True,
+                            USE_DELTA=False), fp32_pointers=FP32)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_h100_and_fit_its_shared_memory():
+    """AOT-compiles every gated-linear kernel for sm_90 in bf16 at D=128 (no GPU needed)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from kernels.triton_utils import H100_SHARED_BYTES
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], cwd=root, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    shared = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(shared) == 11
+    too_big = {name: b for name, b in shared.items() if b > H100_SHARED_BYTES}
+    assert not too_big, f"kernels over the H100's shared memory: {too_big}"
+
+
+def test_kernel_benchmark_runs_in_smoke_mode():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "kernels.py"
+    spec = importlib.util.spec_from_file_location("bench_kernels", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses look their module up
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--smoke", "--ops", "simple_gla", "linear_attn", "--impls", "triton", "torch"])
+    assert {(r.op, r.impl, r.mode) for r in rows} == {
+        (op, impl, mode) for op in ("simple_gla", "linear_attn") for impl in ("triton", "torch") for mode in ("fwd", "fwd+bwd")
+    }
+    assert all(r.ms is not None and r.ms > 0 and r.tflops > 0 for r in rows)

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tracking.report import FIGURES, compare_runs, find_run_dirs
+from tracking.report import FIGURES, compare_runs, display_table, find_run_dirs
 from tracking.tracker import Tracker
 
 TASKS = ["DoorKey", "Lava", "Memory"]
@@ -99,3 +99,13 @@ def test_single_task_runs_leave_stability_undefined_but_still_compare(tmp_path):
     table, png = compare_runs([tmp_path / "one"], tmp_path / "out")
     assert math.isnan(table.loc["gla", "retention"]) and table.loc["gla", "acc"] == 1.0
     assert png.is_file()
+
+
+def test_display_table_has_one_row_per_figure_and_one_column_per_group(runs, tmp_path):
+    table, _ = compare_runs([runs], tmp_path)
+    shown = display_table(table)
+    assert list(shown.columns) == ["gated_deltanet", "mamba2"]
+    assert list(shown.index) == ["runs", "stream", *FIGURES]
+    acc = table.loc["mamba2"]
+    assert shown.loc["acc", "mamba2"] == f"{acc['acc']:.3f} ± {acc['acc_std']:.3f}"
+    assert shown.loc["forward_transfer_cw", "mamba2"] == "-"

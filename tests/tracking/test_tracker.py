@@ -195,9 +195,11 @@ def test_state_dict_round_trip_reproduces_the_uninterrupted_summary(tmp_path):
     resumed = second.finalize()
     assert json.dumps(resumed, sort_keys=True, default=str) == json.dumps(expected, sort_keys=True, default=str)
     # TensorBoard drops what the killed process logged after the checkpoint: no duplicated steps.
-    acc = EventAccumulator(str(tmp_path / "resumed"), purge_orphaned_data=True).Reload()
-    steps = [e.step for e in acc.Scalars("task/A/success")]
-    assert steps == sorted(set(steps)) and len(steps) == 2 * EPISODES_PER_BLOCK
+    def logged(run: str) -> list[tuple[int, float]]:
+        acc = EventAccumulator(str(tmp_path / run), purge_orphaned_data=True).Reload()
+        return [(e.step, e.value) for e in acc.Scalars("task/A/success")]
+
+    assert logged("resumed") == logged("full")
 
 
 def _reference_runs(run_dir: Path) -> None:
@@ -252,3 +254,17 @@ def test_one_task_run_reports_undefined_transfer_as_null(tmp_path):
     assert m["acc"] == 1.0 and m["learning_accuracy"] == 1.0
     assert m["bwt"] is None and m["fwt"] is None and m["forgetting"] is None
     assert not math.isnan(m["forgetting_cw"])
+
+
+def test_episode_curves_are_logged_as_means_over_windows_and_at_switches(tmp_path):
+    t = Tracker(tmp_path, ["A", "B"], HP, probe_every=0, probe_episodes=1, episode_log_every=50)
+    t.log_task_switch(0, "A", 1, 0)
+    for i, success in enumerate([0, 0, 1, 1, 1, 1, 0]):  # steps 10..70: a window closes at 50
+        t.log_episode(10 * (i + 1), "A", success, 10 + i, success, i + 1)
+    t.log_task_switch(75, "B", 1, 1)  # the switch closes the open window
+    t.finalize()
+    df = SummaryReader(str(tmp_path)).scalars
+    success = df[df.tag == "task/A/success"][["step", "value"]].values.tolist()
+    assert success == [[50, pytest.approx(3 / 5)], [75, pytest.approx(1 / 2)]]
+    length = df[df.tag == "task/A/length"].value.tolist()
+    assert length == pytest.approx([12.0, 15.5])

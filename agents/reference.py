@@ -1,0 +1,41 @@
+"""Single-task reference lifetimes for Continual World's forward transfer (``reference=true``).
+
+For every task of the stream, a fresh agent lives one block of that task alone (same sizes, same
+learner, same steps per block); its summary goes to ``<run_dir>/reference/<task>/summary.json``,
+where ``tracking.tracker.apply_reference_runs`` finds it: FT_j = (AUC_j - AUC_j^ref) / (1 - AUC_j^ref).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+from rich.console import Console
+
+
+def reference_config(cfg: DictConfig, task: str) -> DictConfig:
+    """The run's config with the stream cut down to one block of ``task``."""
+    ref = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    with open_dict(ref):
+        ref.stream.name = f"{cfg.stream.name}-reference-{task}"
+        ref.stream.tasks = {task: OmegaConf.to_container(cfg.stream.tasks[task], resolve=True)}
+        ref.stream.schedule = {"type": "blocked", "order": [task]}
+        ref.reference = False
+        ref.checkpoint_every = 0
+        if cfg.stream.get("unit", "steps") == "steps":
+            ref.total_steps = int(cfg.stream.steps_per_task) * int(cfg.num_envs)
+        else:
+            ref.total_steps = cfg.total_steps
+    return ref
+
+
+def run_reference_lifetimes(cfg: DictConfig, run_dir: Path, console: Console) -> list[Path]:
+    """Run one reference lifetime per task; returns their run directories."""
+    from agents.loop import Lifetime
+
+    out = []
+    for task in cfg.stream.tasks:
+        ref_dir = Path(run_dir) / "reference" / str(task)
+        console.print(f"reference lifetime: [bold]{task}[/] alone -> {ref_dir}", soft_wrap=True)
+        Lifetime(reference_config(cfg, str(task)), ref_dir).run(progress=bool(cfg.progress))
+        out.append(ref_dir)
+    return out
