@@ -222,7 +222,8 @@ def fill_ratios(rows: list[Row]) -> None:
 
 
 def print_table(rows: list[Row], peak_flops: float | None, peak_bw: float | None) -> None:
-    head = f"{'op':<17}{'impl':<7}{'D':>4}{'T':>7} {'mode':<8}{'ms':>9}{'x fla':>7}{'TFLOP/s':>9}{'%pk':>5}{'GB/s':>8}{'%pk':>5}"
+    head = (f"{'op':<17}{'impl':<7}{'D':>4}{'T':>7} {'mode':<8}{'ms':>9}{'x fla':>7}"
+            f"{'TFLOP/s':>9}{'%pk':>5}{'GB/s':>8}{'%pk':>5}")
     print(head)
     print("-" * len(head))
     for r in rows:

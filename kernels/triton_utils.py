@@ -11,8 +11,9 @@ The kernels below compute the chunk states (forward), the output, and the backwa
 shared core; the delta rule adds its WY kernels in ``kernels/delta_rule/triton.py``.
 
 Layout: q, k, w ``[B, T, H, K]``; v, u, v' ``[B, T, H, V]``; gc ``[B, T, H]`` fp32; chunk states
-``[B, NT, H, K, V]``. All accumulation is fp32; ``MM`` is the dtype fed to ``tl.dot`` (fp32 under the
-interpreter and for fp32 inputs, the input dtype, e.g. bf16, otherwise).
+``[B, NT, H, K, V]`` (fp32, or the input dtype for bf16/fp16 inputs). All accumulation is fp32;
+``MM`` is the dtype fed to ``tl.dot``: the input dtype (bf16, fp16), or fp32, which runs as 3xTF32
+(and always under the interpreter, where bf16 dots are wrong).
 
 Gate gradients use the reparametrisation q~ = q e^gc, v~ = v e^-gc (k~ = k e^-gc for the linear
 family) inside each chunk, which gives ``dgc_t = q_t.dq_t - v_t.dv_t + [t = last] <dh_{n+1}, h_{n+1}>``
@@ -45,6 +46,15 @@ def block_size(n: int, cap: int = 64) -> int:
 def full_block(n: int) -> int:
     """Power-of-two tile covering all of ``n`` (at least 16)."""
     return max(16, triton.next_power_of_2(n))
+
+
+def require_triton_device(x: torch.Tensor) -> None:
+    """Triton kernels run on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1 (tests)."""
+    if not x.is_cuda and not triton_interpret():
+        raise RuntimeError(
+            "the Triton kernels need CUDA tensors, or TRITON_INTERPRET=1 set in the environment before "
+            "the kernels are imported (slow; for tests). On CPU call the op with backend='auto' or 'torch'."
+        )
 
 
 def check_chunk_size(chunk_size: int) -> int:
@@ -166,7 +176,8 @@ def _fwd_h_kernel(
     if USE_H0:
         b_h += tl.load(h0 + i_bh * K * V + p_kv, mask=m_kv, other=0.0).to(tl.float32)
     for i_n in range(NT):
-        tl.store(hs + ((i_b * NT + i_n) * H + i_h) * K * V + p_kv, b_h.to(hs.dtype.element_ty), mask=m_kv)
+        p_h = hs + ((i_b * NT + i_n) * H + i_h).to(tl.int64) * K * V
+        tl.store(p_h + p_kv, b_h.to(hs.dtype.element_ty), mask=m_kv)
         o_t = i_n * BT + tl.arange(0, BT)
         m_t = o_t < T
         row = (i_b * T + o_t) * H + i_h
@@ -252,7 +263,7 @@ def _fwd_o_kernel(
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
     m_tv = m_t[:, None] & m_v[None, :]
-    p_h = hs + ((i_b * NT + i_n) * H + i_h) * K * V
+    p_h = hs + ((i_b * NT + i_n) * H + i_h).to(tl.int64) * K * V
     b_o = tl.zeros([BT, BV], dtype=tl.float32)
     b_A = tl.zeros([BT, BT], dtype=tl.float32)
     m_A = (o_t[:, None] >= o_t[None, :]) & m_t[:, None] & m_t[None, :]
@@ -324,7 +335,7 @@ def _bwd_dv_kernel(
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
     m_tv = m_t[:, None] & m_v[None, :]
-    p_dh = dhs + ((i_b * NT + i_n) * H + i_h) * K * V
+    p_dh = dhs + ((i_b * NT + i_n) * H + i_h).to(tl.int64) * K * V
     b_At = tl.zeros([BT, BT], dtype=tl.float32)
     b_dv = tl.zeros([BT, BV], dtype=tl.float32)
     # b_At[j, i] = k_j . q_i, kept where j <= i
@@ -411,7 +422,8 @@ def _bwd_dh_kernel(
         b_dh += tl.load(dht + i_bh * K * V + p_kv, mask=m_kv, other=0.0).to(tl.float32)
     for i_r in range(NT):
         i_n = NT - 1 - i_r
-        tl.store(dhs + ((i_b * NT + i_n) * H + i_h) * K * V + p_kv, b_dh.to(dhs.dtype.element_ty), mask=m_kv)
+        p_dh = dhs + ((i_b * NT + i_n) * H + i_h).to(tl.int64) * K * V
+        tl.store(p_dh + p_kv, b_dh.to(dhs.dtype.element_ty), mask=m_kv)
         o_t = i_n * BT + tl.arange(0, BT)
         m_t = o_t < T
         row = (i_b * T + o_t) * H + i_h
@@ -504,7 +516,7 @@ def _bwd_dqk_kernel(
     o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
     m_tk = m_t[:, None] & m_k[None, :]
-    p_h = ((i_b * NT + i_n) * H + i_h) * K * V
+    p_h = ((i_b * NT + i_n) * H + i_h).to(tl.int64) * K * V
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)
     b_dk = tl.zeros([BT, BK], dtype=tl.float32)
     b_dw = tl.zeros([BT, BK], dtype=tl.float32)
@@ -641,7 +653,8 @@ def fused_step(
     beta: torch.Tensor | None, state: torch.Tensor, scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One token for every (batch, head): q, k ``[B, H, K]``, v ``[B, H, V]``, g ``[B, H]`` (or
-    ``[B, H, K]``, per channel) or None, beta ``[B, H]`` or None, state ``[B, H, K, V]`` -> o ``[B, H, V]`` (dtype of v), new state fp32. No autograd."""
+    ``[B, H, K]``, per channel) or None, beta ``[B, H]`` or None, state ``[B, H, K, V]``
+    -> o ``[B, H, V]`` (dtype of v), new state fp32. No autograd."""
     B, H, K = q.shape
     V = v.shape[-1]
     BK = full_block(K)

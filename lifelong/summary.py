@@ -20,14 +20,14 @@ def _fmt(value: Any) -> str:
 def print_run_summary(summary: dict[str, Any], run_dir: Path, console: Console) -> None:
     """The end-of-run report of ``lifelong run``: per-task results, CL figures, TensorBoard command."""
     tasks: dict[str, dict[str, Any]] = summary.get("tasks", {})
-    if tasks:
-        columns = sorted({key for row in tasks.values() for key in row})
+    if tasks:  # one row per figure, one column per task: stays readable with many figures
+        figures_per_task = sorted({key for row in tasks.values() for key, v in row.items() if not isinstance(v, (dict, list))})
         table = Table(title="per-task results")
-        table.add_column("task")
-        for column in columns:
-            table.add_column(column, justify="right")
-        for name, row in tasks.items():
-            table.add_row(name, *(_fmt(row.get(c)) for c in columns))
+        table.add_column("figure", no_wrap=True)
+        for name in tasks:
+            table.add_column(name, justify="right", overflow="fold")
+        for figure in figures_per_task:
+            table.add_row(figure, *(_fmt(row.get(figure)) for row in tasks.values()))
         console.print(table)
     figures = {k: v for k, v in summary.get("cl", {}).items() if not isinstance(v, (dict, list))}
     if figures:

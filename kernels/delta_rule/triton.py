@@ -31,6 +31,7 @@ from kernels.triton_utils import (
     masked_exp,
     matmul_dtype,
     mm,
+    require_triton_device,
 )
 
 __all__ = ["gated_delta_rule_triton", "gated_delta_rule_step_triton"]
@@ -277,6 +278,7 @@ def gated_delta_rule_triton(
     chunk_size: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked gated delta rule: o ``[B, T, H, V]`` (dtype of v), final state ``[B, H, K, V]`` fp32."""
+    require_triton_device(q)
     if q.dim() != 4 or q.shape != k.shape or v.shape[:-1] != q.shape[:-1]:
         raise ValueError(
             f"expected q, k [B, T, H, K] and v [B, T, H, V]; got q {tuple(q.shape)}, k {tuple(k.shape)}, "
@@ -301,18 +303,22 @@ def gated_delta_rule_step_triton(
     v: torch.Tensor,
     g: torch.Tensor | None,
     beta: torch.Tensor,
-    state: torch.Tensor,
+    state: torch.Tensor | None,
     *,
     scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One token: q, k ``[B, H, K]``, v ``[B, H, V]``, g, beta ``[B, H]`` -> o ``[B, H, V]``, state fp32.
+    """One token: q, k ``[B, H, K]``, v ``[B, H, V]``, g (or None), beta ``[B, H]``, state
+    ``[B, H, K, V]`` (None: zeros) -> o ``[B, H, V]`` (dtype of v), state fp32.
 
     Fused kernel when no gradient is needed (acting); the chunked Function on T = 1 otherwise."""
+    require_triton_device(q)
     if q.dim() != 3:
         raise ValueError(
             f"step ops take q, k [B, H, K]; got q {tuple(q.shape)} (use gated_delta_rule_triton for [B, T, H, K])"
         )
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if state is None:
+        state = q.new_zeros(q.shape[0], q.shape[1], q.shape[2], v.shape[-1], dtype=torch.float32)
     if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, g, beta, state)):
         o, s = gated_delta_rule_triton(
             q[:, None], k[:, None], v[:, None], g[:, None] if g is not None else None, beta[:, None], state,

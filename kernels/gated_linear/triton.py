@@ -31,6 +31,7 @@ from kernels.triton_utils import (
     chunk_fwd_o,
     chunk_local_cumsum,
     fused_step,
+    require_triton_device,
 )
 
 __all__ = [
@@ -77,6 +78,7 @@ class ChunkGatedLinearFunction(torch.autograd.Function):
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor | None) -> None:
+    require_triton_device(q)
     if q.dim() != 4 or q.shape != k.shape or v.shape[:-1] != q.shape[:-1]:
         raise ValueError(
             f"expected q, k [B, T, H, K] and v [B, T, H, V]; got q {tuple(q.shape)}, k {tuple(k.shape)}, "
@@ -140,11 +142,12 @@ def gla_step_triton(
     k: torch.Tensor,
     v: torch.Tensor,
     g: torch.Tensor,
-    state: torch.Tensor,
+    state: torch.Tensor | None,
     *,
     scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One token of GLA: q, k, g ``[B, H, K]``, v ``[B, H, V]`` -> o ``[B, H, V]``, state fp32."""
+    require_triton_device(q)
     if q.dim() != 3:
         raise ValueError(f"step ops take q, k [B, H, K]; got q {tuple(q.shape)} (use gla_triton for [B, T, H, K])")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
@@ -165,15 +168,18 @@ def simple_gla_step_triton(
     k: torch.Tensor,
     v: torch.Tensor,
     g: torch.Tensor | None,
-    state: torch.Tensor,
+    state: torch.Tensor | None,
     *,
     scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One token: q, k ``[B, H, K]``, v ``[B, H, V]``, g ``[B, H]`` -> o ``[B, H, V]``, state fp32.
 
     Fused kernel when no gradient is needed (acting); the chunked Function on T = 1 otherwise."""
+    require_triton_device(q)
     if q.dim() != 3:
-        raise ValueError(f"step ops take q, k [B, H, K]; got q {tuple(q.shape)} (use simple_gla_triton for [B, T, H, K])")
+        raise ValueError(
+            f"step ops take q, k [B, H, K]; got q {tuple(q.shape)} (use simple_gla_triton for [B, T, H, K])"
+        )
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if state is None:
         state = q.new_zeros(q.shape[0], q.shape[1], q.shape[2], v.shape[-1], dtype=torch.float32)
@@ -235,8 +241,11 @@ def linear_attn_step_triton(
     eps: float = 1e-6,
 ):
     """One token of linear attention: q, k ``[B, H, K]``, v ``[B, H, V]`` -> o ``[B, H, V]``, state."""
+    require_triton_device(q)
     if q.dim() != 3:
-        raise ValueError(f"step ops take q, k [B, H, K]; got q {tuple(q.shape)} (use linear_attn_triton for [B, T, H, K])")
+        raise ValueError(
+            f"step ops take q, k [B, H, K]; got q {tuple(q.shape)} (use linear_attn_triton for [B, T, H, K])"
+        )
     state = _zero_linear_state(q, v) if state is None else state
     if _needs_grad(q, k, v, state[0], state[1]):
         o, s = linear_attn_triton(q[:, None], k[:, None], v[:, None], state, eps=eps, chunk_size=16)

@@ -47,17 +47,21 @@ def _chunk_states(k: torch.Tensor, v: torch.Tensor, b: torch.Tensor, g: torch.Te
     return M.view(shape), I.view(shape), G, L
 
 
+def _heads_first(x: torch.Tensor) -> torch.Tensor:
+    """``[B, T, H, ...] -> [B, H, T, ...]`` fp32, contiguous (so every per-chunk product is too and
+    the batched matmuls need no copies)."""
+    return x.transpose(1, 2).float().contiguous()
+
+
 def _inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``sum_{k, v} a * b`` for ``[B, H, C, K, V]`` tensors as a batched dot (no temporary)."""
-    return (a.flatten(-2)[..., None, :] @ b.flatten(-2)[..., :, None]).flatten(-3)
+    """``sum_{k, v} a * b`` for ``[B, H, C, K, V]`` tensors -> ``[B, H, C]``."""
+    return torch.linalg.vecdot(a.flatten(-2), b.flatten(-2))
 
 
 class _PalimpsaChunkFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, g, b, M0, I0, prior, scale: float, chunk_size: int):
-        # [B, T, H, D] -> [B, H, T, D], fp32
-        qh, kh, vh, bh = (x.transpose(1, 2).float() for x in (q, k, v, b))
-        gh = g.transpose(1, 2).float()
+        qh, kh, vh, bh, gh = (_heads_first(x) for x in (q, k, v, b, g))
         B, H, T, V = vh.shape
         den_prior = prior[None, :, None, None, None]
         o = qh.new_empty(B, H, T, V)
@@ -70,7 +74,7 @@ class _PalimpsaChunkFunction(torch.autograd.Function):
             Ms, Is, _, _ = _chunk_states(kh[:, :, s:e], vh[:, :, s:e], bh[:, :, s:e], gh[:, :, s:e], M, I)
             M, I = Ms[:, :, -1].clone(), Is[:, :, -1].clone()
             mu = Ms.div_(Is.add_(den_prior))                      # in place: no grad inside forward
-            o[:, :, s:e] = (qh[:, :, s:e, None, :] @ mu).squeeze(-2) * scale
+            o[:, :, s:e] = (qh[:, :, s:e, :, None] * mu).sum(-2) * scale
         ctx.save_for_backward(q, k, v, g, b, prior, torch.stack(starts_M), torch.stack(starts_I))
         ctx.scale, ctx.chunk_size = scale, chunk_size
         return o.transpose(1, 2).to(q.dtype), M, I
@@ -79,9 +83,7 @@ class _PalimpsaChunkFunction(torch.autograd.Function):
     def backward(ctx, do, dM_T, dI_T):
         q, k, v, g, b, prior, starts_M, starts_I = ctx.saved_tensors
         scale, C = ctx.scale, ctx.chunk_size
-        qh, kh, vh, bh = (x.transpose(1, 2).float() for x in (q, k, v, b))
-        gh = g.transpose(1, 2).float()
-        doh = do.transpose(1, 2).float()
+        qh, kh, vh, bh, gh, doh = (_heads_first(x) for x in (q, k, v, b, g, do))
         B, H, T, K = kh.shape
         den_prior = prior[None, :, None, None, None]
         dq, dk, dv, db = (torch.zeros_like(x) for x in (qh, kh, vh, bh))
@@ -97,7 +99,7 @@ class _PalimpsaChunkFunction(torch.autograd.Function):
             den = Is + den_prior
             mu = Ms / den
             do_s = doc * scale
-            dq[:, :, s:e] = (mu @ do_s[..., None]).squeeze(-1)
+            dq[:, :, s:e] = (mu * do_s[..., None, :]).sum(-1)
             dMd = torch.mul(qc[..., :, None], do_s[..., None, :]).div_(den)  # direct dL/dM_t
             dId_neg = dMd * mu                                                 # minus the direct dL/dI~_t
             dprior -= dId_neg.sum(dim=(0, 2, 3, 4))
@@ -107,12 +109,12 @@ class _PalimpsaChunkFunction(torch.autograd.Function):
             shape = dMd.shape
             dMbar = (Lt @ dMd.flatten(-2)).addcmul_(tail, dM.flatten(-2)[:, :, None]).view(shape)
             dIbar = (Lt @ dId_neg.flatten(-2)).neg_().addcmul_(tail, dI.flatten(-2)[:, :, None]).view(shape)
-            dk_M = (dMbar @ vc[..., None]).squeeze(-1)                       # sum_v dM̄[k, v] v[v]
-            dk_I = (dIbar @ bc[..., None]).squeeze(-1)                       # sum_v dĪ[k, v] b[v]
+            dk_M = (dMbar * vc[..., None, :]).sum(-1)                        # sum_v dM̄[k, v] v[v]
+            dk_I = (dIbar * bc[..., None, :]).sum(-1)                        # sum_v dĪ[k, v] b[v]
             k2 = kc * kc
             dk[:, :, s:e] = dk_M + 2 * kc * dk_I
-            dv[:, :, s:e] = (kc[..., None, :] @ dMbar).squeeze(-2)
-            db[:, :, s:e] = (k2[..., None, :] @ dIbar).squeeze(-2)
+            dv[:, :, s:e] = (kc[..., :, None] * dMbar).sum(-2)
+            db[:, :, s:e] = (k2[..., :, None] * dIbar).sum(-2)
             # dg_t = f_t <dM̄_t, M_{t-1}> + f_t <dĪ_t, I~_{t-1}>, with f_t M_{t-1} = M_t - k_t v_t^T
             dg[:, :, s:e] = (_inner(dMbar, Ms) - (kc * dk_M).sum(-1) + _inner(dIbar, Is) - (k2 * dk_I).sum(-1))
             f0 = torch.exp(gc[..., 0])[..., None, None]

@@ -198,3 +198,12 @@ def test_kernels_compile_for_h100_and_fit_its_shared_memory():
     assert len(shared) == 7
     too_big = {name: b for name, b in shared.items() if b > H100_SHARED_BYTES}
     assert not too_big, f"kernels over the H100's shared memory: {too_big}"
+
+
+def test_cpu_tensors_without_the_interpreter_raise_a_clear_error(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    q, k, v, g, beta, S0 = _inputs(8, 16, 16, True)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        gated_delta_rule_triton(q, k, v, g, beta, S0)
+    with pytest.raises(RuntimeError, match="backend='auto'"):
+        gated_delta_rule_step_triton(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], S0)

@@ -268,6 +268,9 @@ def test_kernel_benchmark_runs_in_smoke_mode():
     spec.loader.exec_module(bench)
     rows = bench.main(["--smoke", "--ops", "simple_gla", "linear_attn", "--impls", "triton", "torch"])
     assert {(r.op, r.impl, r.mode) for r in rows} == {
-        (op, impl, mode) for op in ("simple_gla", "linear_attn") for impl in ("triton", "torch") for mode in ("fwd", "fwd+bwd")
+        (op, impl, mode)
+        for op in ("simple_gla", "linear_attn")
+        for impl in ("triton", "torch")
+        for mode in ("fwd", "fwd+bwd")
     }
     assert all(r.ms is not None and r.ms > 0 and r.tflops > 0 for r in rows)
