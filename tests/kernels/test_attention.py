@@ -16,7 +16,7 @@ from kernels.attention import (
     sliding_window_attn, sliding_window_attn_reference, softmax_attn, softmax_attn_reference,
 )
 from kernels.attention.lola_select import feature_map, hash_uniform
-from tests.kernels._tolerances import TOL_CHUNKED, TOL_RECURRENT, assert_close_rms
+from _tolerances import TOL_CHUNKED, TOL_RECURRENT, assert_close_rms
 
 B, T, H, K, V = 2, 63, 3, 8, 8
 CHUNK = 16

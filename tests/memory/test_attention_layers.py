@@ -16,7 +16,7 @@ from memory_layers.lola import LoLA
 from memory_layers.registry import build_mixer, load_memory_config
 from memory_layers.sliding_window import SlidingWindowAttention
 from memory_layers.softmax_attention import SoftmaxAttention
-from tests.kernels._tolerances import TOL_RECURRENT, assert_close_rms
+from _tolerances import TOL_RECURRENT, assert_close_rms
 
 D, HEADS = 32, 4
 
