@@ -8,12 +8,12 @@
 """
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -61,7 +61,7 @@ class RolloutCollector:
     """
 
     def __init__(self, vec_env: Any, agent: LifelongAgent, reset_on: str = "never",
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", acting_threads: int | None = None) -> None:
         if reset_on not in RESET_CHOICES:
             raise ValueError(f"memory.reset_on={reset_on!r}: choose one of {RESET_CHOICES}")
         self.vec_env = vec_env
@@ -69,12 +69,28 @@ class RolloutCollector:
         self.reset_on = reset_on
         self.device = torch.device(device)
         self.num_envs = int(vec_env.num_envs)
+        # torch threads while acting (one-token ops gain nothing from more; None keeps the global setting)
+        self.acting_threads = acting_threads
         self.memory: tuple | None = None
         self.generator = torch.Generator(self.device)  # action sampling, seeded by reset(seed)
         self.obs: dict[str, torch.Tensor] = {}
         self.info: Info = {}
 
+    @contextmanager
+    def acting(self) -> Iterator[None]:
+        """Inference mode with ``acting_threads`` torch threads. Every acting tensor (memory, inputs) is
+        made in here, so a compiled acting step always sees the same kind of tensor (one graph)."""
+        threads = torch.get_num_threads()
+        if self.acting_threads:
+            torch.set_num_threads(self.acting_threads)
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            torch.set_num_threads(threads)
+
     # ---- lifetime start ------------------------------------------------------------------------
+    @torch.inference_mode()
     def reset(self, seed: int) -> Info:
         """Start every lifetime (sub-env i seeded ``seed + i``) with a fresh memory."""
         self.generator.manual_seed(seed)
@@ -86,8 +102,7 @@ class RolloutCollector:
         self.boundary = torch.ones(b, dtype=torch.bool, device=self.device)
         self.valid = torch.ones(b, dtype=torch.bool, device=self.device)
         self.task_switch = self._task_switch(info)
-        with torch.inference_mode():  # acting states are inference tensors (one compiled graph for all)
-            self.memory = self.agent.initial_memory(b, self.device)
+        self.memory = self.agent.initial_memory(b, self.device)
         self.info = info
         return info
 
@@ -104,6 +119,7 @@ class RolloutCollector:
         return torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
 
     # ---- acting --------------------------------------------------------------------------------
+    @torch.inference_mode()
     def step(self, buf: RolloutBuffer | None = None) -> tuple[torch.Tensor, Info]:
         """Act one token in every lifetime (recording it in ``buf`` if given). Returns the actions and
         the env's info for the step."""
@@ -111,8 +127,7 @@ class RolloutCollector:
             raise RuntimeError("call reset(seed) before stepping")
         reset = self.reset_mask()
         if self.reset_on != "never" and bool(reset.any()):
-            with torch.inference_mode():
-                self.memory = self.agent.reset_memory(self.memory, reset)
+            self.memory = self.agent.reset_memory(self.memory, reset)
         if buf is not None:
             buf.add_input(self.obs, self.prev_action, self.prev_reward, self.boundary, reset, self.valid)
         out = self.agent.act(self.obs, self.prev_action, self.prev_reward, self.boundary, self.memory,
@@ -136,29 +151,31 @@ class RolloutCollector:
         self.info = info
         return out.action, info
 
+    @torch.inference_mode()
     def next_value(self) -> torch.Tensor:
         """Value ``[B]`` of the next token (segment bootstrap), without changing the memory or RNG."""
         memory = self.memory
         reset = self.reset_mask()
         if self.reset_on != "never" and bool(reset.any()):
-            with torch.inference_mode():
-                memory = self.agent.reset_memory(memory, reset)
+            memory = self.agent.reset_memory(memory, reset)
         out = self.agent.act(self.obs, self.prev_action, self.prev_reward, self.boundary, memory,
                              deterministic=True)
-        return out.value.clone()
+        return out.value
 
     def collect(self, buf: RolloutBuffer, on_step: Callable[[Info], None] | None = None) -> None:
         """Fill ``buf`` with one segment from the current memory, then set its bootstrap value.
         ``on_step(info)`` is called after every vector step. Raises :class:`NonFiniteError` if the
         memory becomes non-finite."""
         buf.start(self.memory)
-        for _ in range(buf.length):
-            _, info = self.step(buf)
-            if on_step is not None:
-                on_step(info)
+        with self.acting():
+            for _ in range(buf.length):
+                _, info = self.step(buf)
+                if on_step is not None:
+                    on_step(info)
+            next_value = self.next_value()
+        buf.next_value = next_value.clone()  # a normal tensor, made outside inference mode
         if not state_is_finite(self.memory):
             raise NonFiniteError(f"the memory state became non-finite while acting. {NONFINITE_HINT}")
-        buf.next_value = self.next_value()
 
     # ---- checkpoint ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -175,10 +192,10 @@ class RolloutCollector:
             "vector_autoreset": np.array(getattr(self.vec_env, "_autoreset_envs", np.zeros(self.num_envs, bool))),
         }
 
+    @torch.inference_mode()
     def load_state_dict(self, sd: dict[str, Any]) -> None:
-        to = lambda t: t.to(self.device)  # noqa: E731
-        with torch.inference_mode():
-            self.memory = tree_map(lambda t: t.to(self.device).clone(), sd["memory"])
+        to = lambda t: t.to(self.device).clone()  # noqa: E731  (inference tensors, like the acting ones)
+        self.memory = tree_map(to, sd["memory"])
         self.generator.set_state(sd["generator"])
         self.obs = {k: to(v) for k, v in sd["obs"].items()}
         self.prev_action, self.prev_reward = to(sd["prev_action"]), to(sd["prev_reward"])
@@ -219,10 +236,12 @@ class Lifetime:
         ).to(self.device)
         compile_ = bool(cfg.get("compile", False))
         if compile_:
-            self.agent.backbone.step = torch.compile(self.agent.backbone.step, dynamic=False)
+            self.agent.compile_acting()
         self.learner = PPOLearner(self.agent, PPOConfig.from_cfg(agent_cfg), compile=compile_, seed=self.seed)
         self.reset_on = str(cfg.memory.get("reset_on", "never"))
-        self.collector = RolloutCollector(self.vec_env, self.agent, self.reset_on, self.device)
+        acting_threads = agent_cfg.get("acting_threads", 1)
+        self.collector = RolloutCollector(self.vec_env, self.agent, self.reset_on, self.device,
+                                          None if acting_threads is None else int(acting_threads))
         self.buffer = RolloutBuffer(self.num_envs, self.segment_length, self.device)
         tcfg = cfg.tracker
         self.probe_episodes = int(tcfg.probe_episodes)
@@ -285,8 +304,9 @@ class Lifetime:
 
     def _probe(self, tasks: list[str], block_end: int | None = None) -> dict[str, dict[str, Any]]:
         """Evaluate every lifetime on ``tasks`` from a copy of its memory (learning off); log it."""
-        results = run_probe(self.agent, self.collector.memory, self.cfg.stream, tasks, self.probe_episodes,
-                            self.seed + 10_000 + self.global_step, self.device)
+        with self.collector.acting():
+            results = run_probe(self.agent, self.collector.memory, self.cfg.stream, tasks, self.probe_episodes,
+                                self.seed + 10_000 + self.global_step, self.device)
         self.tracker.log_probe(self.global_step, results, block_end=block_end)
         return results
 
@@ -365,6 +385,17 @@ class Lifetime:
         self.iteration += 1
         return stats
 
+    def act_steps(self, steps: int) -> None:
+        """Act ``steps`` tokens in every lifetime without learning (the lifetime's final partial segment,
+        so that it ends at ``total_steps`` rather than a segment later)."""
+        self.agent.train()
+        with self.collector.acting():
+            for _ in range(steps):
+                _, info = self.collector.step()
+                self._on_step(info)
+        if not state_is_finite(self.collector.memory):
+            raise NonFiniteError(f"the memory state became non-finite while acting. {NONFINITE_HINT}")
+
     def run(self, progress: bool = True) -> dict[str, Any]:
         """Run the lifetime to ``total_steps`` env steps (summed over lifetimes); returns the summary."""
         if not self.started:
@@ -374,6 +405,12 @@ class Lifetime:
         every = int(self.cfg.get("checkpoint_every", 0) or 0)
         try:
             while self.global_step < self.total_steps:
+                remaining = -(-(self.total_steps - self.global_step) // self.num_envs)  # steps per lifetime
+                if remaining < self.segment_length:  # the last partial segment: acted, not learned from
+                    self.act_steps(remaining)
+                    if bar is not None:
+                        bar.update(self.global_step - bar.n)
+                    break
                 stats = self.train_segment()
                 now = time.perf_counter()
                 sps = (self.global_step - last_step) / max(now - last_time, 1e-9)

@@ -15,7 +15,7 @@ import torch.nn as nn
 from gymnasium import spaces
 
 from agents.encoders import ObservationEncoder, build_encoder
-from memory_layers.base import Backbone
+from memory_layers.base import Backbone, tree_leaves, tree_map
 from memory_layers.registry import build_backbone
 
 Memory = tuple  # one mixer state per layer
@@ -34,10 +34,10 @@ class EvalOutput(NamedTuple):
     memory: Memory  # state after the last token
 
 
-def gumbel_max_sample(log_probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One categorical sample per row of ``log_probs`` ``[B, A]`` -> ``[B]`` long (Gumbel-max trick)."""
-    u = torch.rand(log_probs.shape, generator=generator, device=log_probs.device).clamp_(1e-20, 1.0)
-    return torch.argmax(log_probs - torch.log(-torch.log(u)), dim=-1)
+def gumbel_max_sample(log_probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """One categorical sample per row of ``log_probs`` ``[B, A]`` -> ``[B]`` long, from uniform
+    ``noise`` ``[B, A]`` in [0, 1) (Gumbel-max trick: argmax of log p - log(-log u))."""
+    return torch.argmax(log_probs - torch.log(-torch.log(noise.clamp(1e-20, 1.0))), dim=-1)
 
 
 class LifelongAgent(nn.Module):
@@ -114,10 +114,28 @@ class LifelongAgent(nn.Module):
         """One token per lifetime: obs ``[B, ...]``, prev_action ``[B]`` long, prev_reward ``[B]``,
         boundary ``[B]`` bool -> action, log-prob, value ``[B]`` and the memory after the token.
         Actions are sampled with ``generator`` (the global torch RNG when None)."""
+        if not all(t.is_inference() for t in tree_leaves(memory)):
+            memory = tree_map(torch.clone, memory)  # e.g. a probe's copy: one kind of tensor for compile
+        noise = None
+        if not deterministic:
+            noise = torch.rand((prev_action.shape[0], self.num_actions), generator=generator,
+                               device=prev_action.device)
+        return ActOutput(*self._act_core(obs, prev_action, prev_reward, boundary, memory, noise))
+
+    def _act_core(self, obs, prev_action, prev_reward, boundary, memory, noise):
+        """The acting graph (compiled as a whole by :meth:`compile_acting`); ``noise`` ``[B, A]`` uniform
+        in [0, 1) samples by Gumbel-max, None takes the argmax."""
         h, memory = self.backbone.step(self.embed(obs, prev_action, prev_reward, boundary), memory)
         log_probs, value = self.heads(h)
-        action = log_probs.argmax(-1) if deterministic else gumbel_max_sample(log_probs, generator)
-        return ActOutput(action, log_probs.gather(-1, action[:, None]).squeeze(-1), value, memory)
+        if noise is None:
+            action = log_probs.argmax(-1)
+        else:
+            action = gumbel_max_sample(log_probs, noise)
+        return action, log_probs.gather(-1, action[:, None]).squeeze(-1), value, memory
+
+    def compile_acting(self) -> None:
+        """``torch.compile`` the acting step (embedding, backbone step, heads and sampling as one graph)."""
+        self._act_core = torch.compile(self._act_core, dynamic=False)
 
     # ---- learning -----------------------------------------------------------------------------
     def evaluate(

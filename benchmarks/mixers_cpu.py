@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
+
+# Run as a script, Python puts benchmarks/ first on sys.path, where benchmarks/kernels.py would
+# shadow the kernels package: put the repository root there instead.
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 Inputs = dict[str, torch.Tensor]
 
@@ -61,15 +67,26 @@ def families() -> dict[str, tuple[Callable, Callable, Callable[[int, int, int, i
         "gated_delta_rule": (gated_delta_rule_chunk, gated_delta_rule_reference, delta),
         "palimpsa": (palimpsa_chunk, palimpsa_reference, palimpsa),
     }
-    try:
-        from kernels.ttt import ttt_linear_chunk, ttt_linear_reference
+    from kernels.attention.chunk import lola_attn_chunk, sliding_window_attn_chunk, softmax_attn_chunk
+    from kernels.attention.reference import (
+        lola_attn_reference,
+        sliding_window_attn_reference,
+        softmax_attn_reference,
+    )
+    from kernels.ttt import ttt_linear_chunk, ttt_linear_reference
 
-        def ttt(B, T, H, D):
-            return {**_qkv(B, T, H, D), "eta": torch.rand(B, T, H) * 0.1}, {}
+    def ttt(B, T, H, D):
+        consts = {"ln_weight": torch.ones(H, D), "ln_bias": torch.zeros(H, D)}
+        return {**_qkv(B, T, H, D), "eta": torch.rand(B, T, H) * 0.1}, consts
 
-        table["ttt_linear"] = (ttt_linear_chunk, ttt_linear_reference, ttt)
-    except ImportError:
-        pass
+    def attention(**consts):
+        return lambda B, T, H, D: (_qkv(B, T, H, D), consts)
+
+    table["ttt_linear"] = (ttt_linear_chunk, ttt_linear_reference, ttt)
+    table["softmax_attn"] = (softmax_attn_chunk, softmax_attn_reference, attention())
+    table["sliding_window (64)"] = (sliding_window_attn_chunk, sliding_window_attn_reference, attention(window=64))
+    lola = attention(window=16, cache_size=16, gate=torch.full((4,), 0.5))
+    table["lola (16, 16)"] = (lola_attn_chunk, lola_attn_reference, lola)
     return table
 
 

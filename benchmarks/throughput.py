@@ -47,6 +47,7 @@ def main() -> None:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--acting-threads", type=int, default=1, help="torch threads while acting (0: same as --threads)")
     p.add_argument("--print-every", type=int, default=0,
                    help="print a learning-curve line (success rate of the episodes in the window) every N segments")
     args = p.parse_args()
@@ -65,9 +66,9 @@ def main() -> None:
     agent = LifelongAgent(env.single_observation_space, env.single_action_space, load_memory_config(args.memory),
                           args.d_model, args.layers).to(device)
     if args.compile:
-        agent.backbone.step = torch.compile(agent.backbone.step, dynamic=False)
+        agent.compile_acting()
     learner = PPOLearner(agent, PPOConfig(lr=args.lr, update_epochs=args.epochs), compile=args.compile)
-    collector = RolloutCollector(env, agent, device=device)
+    collector = RolloutCollector(env, agent, device=device, acting_threads=args.acting_threads or None)
     collector.reset(seed=0)
     buf = RolloutBuffer(args.num_envs, args.segment, device)
 

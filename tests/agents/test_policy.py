@@ -114,7 +114,7 @@ def test_boundary_tokens_carry_no_previous_action_or_reward_and_fillers_are_inva
 def test_gumbel_max_sampling_follows_the_categorical_distribution():
     torch.manual_seed(0)
     probs = torch.tensor([0.1, 0.6, 0.3])
-    samples = gumbel_max_sample(probs.log().expand(20000, 3))
+    samples = gumbel_max_sample(probs.log().expand(20000, 3), torch.rand(20000, 3))
     freq = torch.bincount(samples, minlength=3).float() / 20000
     torch.testing.assert_close(freq, probs, atol=0.015, rtol=0)
 
