@@ -295,8 +295,7 @@ class Lifetime:
 
     # ---- probes --------------------------------------------------------------------------------
     def _next_task(self) -> str | None:
-        """The task of the block after lifetime 0's current block (None when the schedule is a cycle
-        back to a seen task and nothing new is next)."""
+        """The task of the block after lifetime 0's current block (the schedule cycles; None if empty)."""
         if not self.schedule:
             return None
         name = self.schedule[(self._block_index + 1) % len(self.schedule)][0]

@@ -122,7 +122,15 @@ class LifelongAgent(nn.Module):
                                device=prev_action.device)
         return ActOutput(*self._act_core(obs, prev_action, prev_reward, boundary, memory, noise))
 
-    def _act_core(self, obs, prev_action, prev_reward, boundary, memory, noise):
+    def _act_core(
+        self,
+        obs: dict[str, torch.Tensor],
+        prev_action: torch.Tensor,
+        prev_reward: torch.Tensor,
+        boundary: torch.Tensor,
+        memory: Memory,
+        noise: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Memory]:
         """The acting graph (compiled as a whole by :meth:`compile_acting`); ``noise`` ``[B, A]`` uniform
         in [0, 1) samples by Gumbel-max, None takes the argmax."""
         h, memory = self.backbone.step(self.embed(obs, prev_action, prev_reward, boundary), memory)

@@ -182,7 +182,7 @@ class PPOLearner:
                 if sampler is not None:
                     sampler.remove()
                 if not torch.isfinite(loss):
-                    raise NonFiniteError(f"the PPO loss became {float(loss)}. {NONFINITE_HINT}")
+                    raise NonFiniteError(f"the PPO loss became {float(loss.detach())}. {NONFINITE_HINT}")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = nn.utils.clip_grad_norm_(self.agent.parameters(), cfg.max_grad_norm)

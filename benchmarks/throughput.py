@@ -6,6 +6,15 @@ spent stepping envs, acting and learning.
 
     python benchmarks/throughput.py --threads 2 --segments 20
     python benchmarks/throughput.py --threads 2 --compile     # torch.compile of acting and learner
+    python benchmarks/throughput.py --threads 2 --compile --segments 100 --warmup 0 --print-every 10
+                                                              # DoorKey learning curve
+
+Measured 2026-11-23 on the shared 2-core dev VM (load average about 1, other engineers' jobs
+running): eager 1,980-2,030 steps/s; --compile 1,935-2,770 (median about 2,500; per env step
+0.14 ms env, 0.08 ms acting, 0.15-0.18 ms learning). Acting runs on one torch thread
+(--acting-threads 1, the default): with two threads on a busy machine the OpenMP workers of the
+tiny acting ops contend and the loop fell to 350 steps/s. Learning curve (--compile): success
+0.17 -> 0.997 by 72k env steps, 37 s wall; a uniformly random policy succeeds in 7.8% of episodes.
 """
 from __future__ import annotations
 

@@ -8,6 +8,7 @@
 * :class:`CueStream`: a two-task stream of CueEnv (``plain``, then ``flipped`` where the rewarded
   action is the other one), with the info keys and state_dict of ``envs.stream.StreamEnv``.
 * :class:`FakeTracker`: records every call of the Tracker interface.
+* :func:`make_collector`: a small agent acting in CueEnvs (the fake mixer or a real one).
 """
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from omegaconf import OmegaConf
 
+from agents.loop import RolloutCollector
+from agents.policy import LifelongAgent
 from memory_layers.base import MemoryMixer
+from memory_layers.registry import load_memory_config
 
 
 
@@ -70,6 +74,28 @@ class DecayMixer(MemoryMixer):
 def decay_memory_cfg(reset_on: str = "never", num_heads: int = 2):
     return OmegaConf.create({"name": "decay", "_target_": "agent_fakes.DecayMixer", "num_heads": num_heads,
                              "reset_on": reset_on})
+
+
+def memory_cfg(name: str, reset_on: str = "never"):
+    """The decay fake, or a real mixer config with a small chunk size (several chunks per segment)."""
+    if name == "decay":
+        return decay_memory_cfg(reset_on)
+    cfg = load_memory_config(name)
+    if "chunk_size" in cfg:
+        cfg.chunk_size = 4  # several chunks per segment, the last one partial
+    cfg.reset_on = reset_on
+    return cfg
+
+
+def make_collector(name: str = "decay", reset_on: str = "never", num_envs: int = 3, seed: int = 0):
+    """A 2-layer d=16 agent acting (CueEnv, delay 1: an episode end every 3 steps) in ``num_envs`` envs."""
+    torch.manual_seed(seed)
+    env = gym.vector.SyncVectorEnv([lambda: CueEnv(delay=1) for _ in range(num_envs)])
+    agent = LifelongAgent(env.single_observation_space, env.single_action_space, memory_cfg(name, reset_on),
+                          d_model=16, num_layers=2)
+    collector = RolloutCollector(env, agent, reset_on)
+    collector.reset(seed)
+    return agent, collector
 
 
 class CueEnv(gym.Env):

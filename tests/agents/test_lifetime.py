@@ -70,6 +70,31 @@ def test_a_non_finite_memory_stops_the_lifetime_with_the_likely_fixes(fakes, tmp
         life.train_segment()
 
 
+def test_a_non_finite_loss_stops_the_learner_with_the_likely_fixes(fakes, tmp_path):
+    life = Lifetime(lifetime_cfg(), tmp_path)
+    life.start()
+    with torch.no_grad():
+        life.agent.value_head.weight.fill_(float("inf"))  # the memory stays finite, the value loss does not
+    with pytest.raises(NonFiniteError, match="PPO loss.*agent.lr"):
+        life.train_segment()
+
+
+def test_total_steps_null_needs_a_stream_counted_in_steps(fakes, monkeypatch, tmp_path):
+    import agents.loop as loop
+    from agent_fakes import make_cue_vector_env
+
+    def episode_stream(stream_cfg, num_envs, seed):
+        env = make_cue_vector_env(stream_cfg, num_envs, seed)
+        for sub in env.envs:
+            sub.schedule_steps, sub.duration_unit = None, "episodes"
+        return env
+
+    monkeypatch.setattr(loop, "make_vector_env", episode_stream)
+    with pytest.raises(ValueError, match="total_steps="):
+        Lifetime(lifetime_cfg(total_steps=None), tmp_path)
+    assert Lifetime(lifetime_cfg(total_steps=64), tmp_path / "b").total_steps == 64
+
+
 def test_with_reset_on_task_the_learner_recomputes_acting_exactly_across_the_task_switch(fakes, tmp_path):
     life = Lifetime(lifetime_cfg(memory={"reset_on": "task"}, stream={"block_steps": 43}), tmp_path)
     life.start()

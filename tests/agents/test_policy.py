@@ -5,37 +5,16 @@ from __future__ import annotations
 import gymnasium as gym
 import pytest
 import torch
-from agent_fakes import CueEnv, decay_memory_cfg
-from omegaconf import OmegaConf
+from agent_fakes import CueEnv, decay_memory_cfg, make_collector
 
 from agents.buffer import RolloutBuffer
 from agents.loop import RolloutCollector
 from agents.policy import LifelongAgent, gumbel_max_sample
 from memory_layers.base import tree_leaves
-from memory_layers.registry import available_mixers, load_memory_config
-
-
-def memory_cfg(name: str, reset_on: str = "never"):
-    if name == "decay":
-        return decay_memory_cfg(reset_on)
-    cfg = load_memory_config(name)
-    if "chunk_size" in cfg:
-        cfg.chunk_size = 4  # several chunks per segment, the last one partial
-    cfg.reset_on = reset_on
-    return cfg
+from memory_layers.registry import available_mixers
 
 
 MIXERS = ["decay"] + [m for m in ("gated_deltanet",) if m in available_mixers()]
-
-
-def make_collector(name: str = "decay", reset_on: str = "never", num_envs: int = 3, seed: int = 0):
-    torch.manual_seed(seed)
-    env = gym.vector.SyncVectorEnv([lambda: CueEnv(delay=1) for _ in range(num_envs)])
-    agent = LifelongAgent(env.single_observation_space, env.single_action_space, memory_cfg(name, reset_on),
-                          d_model=16, num_layers=2)
-    collector = RolloutCollector(env, agent, reset_on)
-    collector.reset(seed)
-    return agent, collector
 
 
 def assert_trees_close(a, b, **kw) -> None:

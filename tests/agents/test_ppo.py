@@ -1,0 +1,57 @@
+"""The PPO loss: filler tokens do not count, minibatches split lifetimes, configs map onto PPOConfig."""
+from __future__ import annotations
+
+import pytest
+import torch
+from agent_fakes import make_collector
+from omegaconf import OmegaConf
+
+from agents.buffer import RolloutBuffer
+from agents.ppo import PPOConfig, PPOLearner, ppo_loss
+
+
+def collected(num_envs: int = 3, length: int = 12) -> tuple:
+    agent, collector = make_collector(num_envs=num_envs)
+    buf = RolloutBuffer(num_envs, length)
+    collector.collect(buf)
+    return agent, buf
+
+
+def test_filler_tokens_do_not_change_the_loss():
+    agent, buf = collected()
+    cfg = PPOConfig()
+    index = torch.arange(3)
+    adv, ret = buf.advantages(cfg.gamma, cfg.gae_lambda)
+    loss, _ = ppo_loss(agent, buf, index, adv, ret, cfg, None)
+    filler = ~buf.valid
+    assert filler.any()
+    # garbage in the filler transitions' recorded outputs and targets
+    buf.action[filler] = (buf.action[filler] + 1) % agent.num_actions
+    buf.log_prob[filler] = -50.0
+    buf.value[filler] = 100.0
+    adv2, ret2 = adv.clone(), ret.clone()
+    adv2[filler], ret2[filler] = 7.0, -7.0
+    loss2, _ = ppo_loss(agent, buf, index, adv2, ret2, cfg, None)
+    torch.testing.assert_close(loss2, loss)
+
+
+def test_minibatches_split_lifetimes_and_must_divide_them():
+    agent, buf = collected()
+    PPOLearner(agent, PPOConfig(num_minibatches=3, update_epochs=1)).update(buf)  # one lifetime per minibatch
+    with pytest.raises(ValueError, match="num_minibatches"):
+        PPOLearner(agent, PPOConfig(num_minibatches=2)).update(buf)
+
+
+def test_an_update_moves_the_weights_and_reports_the_losses():
+    agent, buf = collected()
+    before = [p.detach().clone() for p in agent.parameters()]
+    stats = PPOLearner(agent, PPOConfig(update_epochs=2)).update(buf, features=True)
+    assert any(not torch.equal(a, b) for a, b in zip(before, agent.parameters()))
+    assert {"losses/policy", "losses/value", "losses/entropy", "losses/approx_kl", "losses/clipfrac",
+            "losses/explained_variance", "losses/grad_norm"} <= set(stats)
+    assert set(stats["features"]) == {"layer0", "layer1"} and stats["features"]["layer0"].shape[1] == 32
+
+
+def test_ppo_config_takes_its_keys_from_the_agent_config():
+    cfg = PPOConfig.from_cfg(OmegaConf.create({"d_model": 128, "lr": 1e-3, "update_epochs": 2, "target_kl": None}))
+    assert cfg.lr == 1e-3 and cfg.update_epochs == 2 and cfg.target_kl is None
