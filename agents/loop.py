@@ -336,11 +336,13 @@ class Lifetime:
             )
 
     def _on_task_switch(self, info: Info) -> None:
-        """Lifetime 0 starts a new block: probe the block that ended (row k of R), then log the switch."""
+        """Lifetime 0 starts a new block: probe the block that ended (row k of R) on every task seen
+        and on the incoming one (R[k, k+1] is what GEM's forward transfer reads), then log the switch."""
         block_index = int(info_at(info, "block_index", 0, self._block_index + 1))
-        if block_index > 0 and block_index != self._block_index:
-            self._probe(self._seen_tasks_with(self._current_task), block_end=self._block_index)
         name = str(info_at(info, "task_name", 0, ""))
+        if block_index > 0 and block_index != self._block_index:
+            tasks = self._seen_tasks_with(self._current_task)
+            self._probe(tasks + ([name] if name and name not in tasks else []), block_end=self._block_index)
         self._block_index = block_index
         self._current_task = name
         if name not in self._seen_tasks:
