@@ -22,9 +22,14 @@ def reference_config(cfg: DictConfig, task: str) -> DictConfig:
         ref.reference = False
         ref.checkpoint_every = 0
         if cfg.stream.get("unit", "steps") == "steps":
-            ref.total_steps = int(cfg.stream.steps_per_task) * int(cfg.num_envs)
+            ref.total_steps = None  # one pass of the one-block schedule: the block's steps x num_envs
+        elif cfg.total_steps is not None:  # blocks counted in episodes: the run's mean block length
+            from envs.make import make_stream
+
+            blocks = len(make_stream(cfg.stream, int(cfg.seed)).schedule)
+            ref.total_steps = max(int(cfg.num_envs), int(cfg.total_steps) // max(blocks, 1))
         else:
-            ref.total_steps = cfg.total_steps
+            raise ValueError("reference=true on a stream counted in episodes needs total_steps=<env steps>")
     return ref
 
 

@@ -103,3 +103,30 @@ def test_mixers_lists_the_configured_mixers(tmp_path):
     result = lifelong("mixers", cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "gated_deltanet" in result.stdout
+
+
+@pytest.mark.slow
+def test_reference_runs_give_continual_world_forward_transfer(tmp_path):
+    run_dir = tmp_path / "run"
+    result = lifelong("run", *SMOKE, "reference=true", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for task in summary["task_names"]:
+        assert (run_dir / "reference" / task / "summary.json").is_file()
+        assert "forward_transfer_cw" in summary["tasks"][task]
+    assert "forward_transfer_cw" in summary["cl"]
+
+
+@pytest.mark.slow
+def test_a_sweep_then_compare_gives_a_table_and_a_figure(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = lifelong(
+        "run", "-m", *SMOKE[1:], "memory=gated_deltanet,mamba2", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list(sweep_dir.rglob("summary.json"))) == 2
+    compared = lifelong("compare", str(sweep_dir), cwd=tmp_path, timeout=300)
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    assert "gated_deltanet" in compared.stdout and "mamba2" in compared.stdout
+    assert (sweep_dir / "compare.png").stat().st_size > 10_000
+    assert (sweep_dir / "compare.md").is_file()
