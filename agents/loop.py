@@ -220,6 +220,7 @@ class Lifetime:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.device = resolve_device(str(cfg.get("device", "auto")))
         self.seed = int(cfg.seed)
+        self._probe_seconds = 0.0  # wall time spent in probes (counted apart from the lifetime)
         self._seed_everything(self.seed)
         agent_cfg = cfg.agent
         self.num_envs = int(cfg.num_envs)
@@ -303,10 +304,12 @@ class Lifetime:
 
     def _probe(self, tasks: list[str], block_end: int | None = None) -> dict[str, dict[str, Any]]:
         """Evaluate every lifetime on ``tasks`` from a copy of its memory (learning off); log it."""
+        started = time.perf_counter()
         with self.collector.acting():
             results = run_probe(self.agent, self.collector.memory, self.cfg.stream, tasks, self.probe_episodes,
                                 self.seed + 10_000 + self.global_step, self.device)
         self.tracker.log_probe(self.global_step, results, block_end=block_end)
+        self._probe_seconds += time.perf_counter() - started  # kept out of charts/sps
         return results
 
     def _probe_tasks(self) -> list[str]:
@@ -402,7 +405,7 @@ class Lifetime:
         if not self.started:
             self.start()
         bar = _progress_bar(self.total_steps, self.global_step) if progress else None
-        last_time, last_step = time.perf_counter(), self.global_step
+        last_time, last_step, last_probe = time.perf_counter(), self.global_step, self._probe_seconds
         every = int(self.cfg.get("checkpoint_every", 0) or 0)
         try:
             while self.global_step < self.total_steps:
@@ -414,8 +417,9 @@ class Lifetime:
                     break
                 stats = self.train_segment()
                 now = time.perf_counter()
-                sps = (self.global_step - last_step) / max(now - last_time, 1e-9)
-                last_time, last_step = now, self.global_step
+                lifetime_seconds = now - last_time - (self._probe_seconds - last_probe)
+                sps = (self.global_step - last_step) / max(lifetime_seconds, 1e-9)
+                last_time, last_step, last_probe = now, self.global_step, self._probe_seconds
                 self._log_diagnostics(stats, sps)
                 if self.tracker.should_probe(self.global_step):
                     self._probe(self._probe_tasks())
