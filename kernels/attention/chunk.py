@@ -8,10 +8,11 @@ v ``[B, T, H, V]`` -> o ``[B, T, H, V]`` and the cache after the last token. fp3
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from kernels.attention.lola_select import (
-    augment, candidate_scores, canonical_order, check_selection, feature_map, gather_slots, mix,
-    score_max, static_priority,
+    DEN_EPS, RECALL_EPS, augment, canonical_order, check_selection, feature_map, gather_slots, score_max,
+    static_priority,
 )
 from kernels.attention.states import (
     KVCache, LoLAState, WindowCache, check_cache, check_lola_state, check_qkv, empty_kv_cache,
@@ -112,60 +113,99 @@ def sliding_window_attn_chunk(
 
 
 # ---- LoLA ------------------------------------------------------------------------------------------
-def _lola_scan(
-    pool_phi_k: torch.Tensor, pool_v: torch.Tensor, pool_valid: torch.Tensor, pool_prio: torch.Tensor | None,
-    SZ: torch.Tensor, window: int, cache_size: int, t_len: int, selection: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _decision_rows(
+    phi_k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, prio: torch.Tensor | None
+) -> torch.Tensor:
+    """The scan's view of candidate pairs: phi_k ``[N, n, K]``, v ``[N, n, V]``, valid ``[N, n]``,
+    prio ``[N, n]`` (None for ``sre``) -> rows ``[N, n, K + 2V + 2]`` = [phi(k) | v | 1 | -v | key].
+
+    Invalid pairs get phi = 0 and -v = 0 (so folding them adds exact zeros and their recall error is
+    finite); key is the additive mask of ``sre`` (0 or -inf) or the masked static priority.
+    """
+    valid_f = valid.to(phi_k.dtype)[..., None]
+    neg_v = torch.where(valid[..., None], -v, torch.zeros_like(v))
+    key = torch.where(valid, torch.zeros_like(valid_f[..., 0]) if prio is None else prio, float("-inf"))
+    return torch.cat([phi_k * valid_f, v, torch.ones_like(valid_f), neg_v, key[..., None]], dim=-1)
+
+
+def _lola_decisions(
+    cand: torch.Tensor, init: torch.Tensor, SZ: torch.Tensor, key_dim: int, value_dim: int, use_sre: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The sequential cache decisions of T tokens, without gradient, on flattened heads (N = B * H).
 
-    The pool holds every pair the T tokens can touch: [window (eta) | cache (lambda) | new (T)],
-    pool_phi_k ``[N, P, K]``, pool_v ``[N, P, V]``, pool_valid ``[N, P]``, pool_prio ``[N, P]`` (the
-    static priority, None for ``sre``), SZ = [S | z] ``[N, K, V + 1]``. The candidates live in
-    lambda + 1 slots; the victim's slot takes the next pair leaving the window (no shifting).
-    Returns, per token: the slots' pool indices ``[T, N, lambda + 1]``, their validity
-    ``[T, N, lambda + 1]``, the victim slot ``[T, N]``; and sqrt(SRE) of the slots at the last token.
+    cand ``[N, T, F]``: the row (:func:`_decision_rows`) of the pair leaving the window at each token;
+    init ``[N, lambda, F]``: the cache before the first token; SZ = [S | z] ``[N, K, V + 1]`` (updated
+    in place). The candidates live in lambda + 1 slots (slot lambda starts free); the victim's slot
+    takes the next candidate (no shifting). Every token runs a fixed handful of ops on preallocated
+    buffers (in inference mode); they repeat ``recall_error_norm`` and ``fold`` of the reference step op
+    for op (same shapes, same roundings), so both take bit-identical decisions.
+    Returns the victim slot of every token ``[T, N]`` and sqrt(SRE) of the slots at the last token
+    ``[N, lambda + 1]``.
     """
-    eta, lam = window, cache_size
-    nh, _, kd = pool_phi_k.shape
-    vd = pool_v.shape[-1]
-    dev = pool_phi_k.device
-    with torch.no_grad():
-        pool_vz = torch.cat([pool_v, torch.ones_like(pool_v[..., :1])], dim=-1)
-        s_phi = torch.zeros(nh, lam + 1, kd, device=dev)
-        s_vz = torch.zeros(nh, lam + 1, vd + 1, device=dev)
-        s_valid = torch.zeros(nh, lam + 1, dtype=torch.bool, device=dev)
-        s_idx = torch.zeros(nh, lam + 1, dtype=torch.long, device=dev)
-        s_phi[:, :lam] = pool_phi_k[:, eta : eta + lam]
-        s_vz[:, :lam] = pool_vz[:, eta : eta + lam]
-        s_valid[:, :lam] = pool_valid[:, eta : eta + lam]
-        s_idx[:, :lam] = torch.arange(eta, eta + lam, device=dev)
-        s_prio = None
-        if pool_prio is not None:
-            s_prio = torch.zeros(nh, lam + 1, device=dev)
-            s_prio[:, :lam] = pool_prio[:, eta : eta + lam]
-        rows = torch.arange(nh, device=dev)
-        free = torch.full((nh,), lam, dtype=torch.long, device=dev)
-        rec_idx = torch.empty(t_len, nh, lam + 1, dtype=torch.long, device=dev)
-        rec_valid = torch.empty(t_len, nh, lam + 1, dtype=torch.bool, device=dev)
-        rec_victim = torch.empty(t_len, nh, dtype=torch.long, device=dev)
-        sre = None
+    kd, vd = key_dim, value_dim
+    nh, t_len, width = cand.shape
+    lam = init.shape[1]
+    n_slots = lam + 1
+    dev = cand.device
+    # the outputs live outside inference mode: autograd saves them (as gather indices) later
+    victims = torch.empty(t_len, nh, dtype=torch.long, device=dev)
+    last_norm = torch.empty(nh, n_slots, device=dev)
+    with torch.inference_mode():
+        slots = torch.zeros(nh, n_slots, width, device=dev)
+        slots[:, :lam] = init
+        flat_slots = slots.view(nh * n_slots, width)
+        s_neg_v, s_key = slots[..., kd + vd + 1 : kd + 2 * vd + 1], slots[..., -1]
+        s_phi = slots[..., :kd].contiguous()  # the matmul operand, laid out as in the reference step
+        flat_phi = s_phi.view(nh * n_slots, kd)
+        base = torch.arange(nh, device=dev) * n_slots
+        flat = base + lam  # the free slot of each head, flattened
+        out = torch.empty(nh, n_slots, vd + 1, device=dev)
+        out_v, out_z = out[..., :vd], out[..., vd:]
+        den = torch.empty(nh, n_slots, 1, device=dev)
+        diff = torch.empty(nh, n_slots, vd, device=dev)
+        norm = torch.empty(nh, n_slots, device=dev)
+        score = torch.empty(nh, n_slots, device=dev)
+        outer = torch.empty(nh, kd, vd + 1, device=dev)
+        row = torch.empty(nh, width, device=dev)  # the victim's row
+        row_phi, row_vz = row[:, :kd, None], row[:, None, kd : kd + vd + 1]
+        eps = torch.tensor(RECALL_EPS, device=dev)  # the float32 value a Python scalar add would use
+        cand_rows, victim_rows = cand.unbind(1), victims.unbind(0)
+        cand_phi_rows = cand[..., :kd].contiguous().unbind(1)
+
+        def recall_error_norm_() -> None:  # recall_error_norm of lola_select, into `norm`
+            torch.bmm(s_phi, SZ, out=out)
+            torch.add(out_z, eps, out=den)
+            torch.addcdiv(s_neg_v, out_v, den, out=diff)  # pred - v, the same rounding
+            torch.linalg.vector_norm(diff, dim=-1, out=norm)
+
         for t in range(t_len):
-            c = t if t < eta else lam + t  # pool index of the pair leaving the window
-            s_phi[rows, free] = pool_phi_k[:, c]
-            s_vz[rows, free] = pool_vz[:, c]
-            s_valid[rows, free] = pool_valid[:, c]
-            s_idx[rows, free] = c
-            if s_prio is not None:
-                s_prio[rows, free] = pool_prio[:, c]
-            score, sre = candidate_scores(selection, s_phi, s_vz, SZ, s_prio, s_valid, need_sre=t == t_len - 1)
-            victim = torch.argmin(score, dim=-1)
-            f_phi = s_phi[rows, victim] * s_valid[rows, victim][:, None]
-            SZ = SZ + f_phi[:, :, None] * s_vz[rows, victim][:, None, :]
-            rec_idx[t] = s_idx
-            rec_valid[t] = s_valid
-            rec_victim[t] = victim
-            free = victim
-    return rec_idx, rec_valid, rec_victim, sre
+            flat_slots.index_copy_(0, flat, cand_rows[t])
+            flat_phi.index_copy_(0, flat, cand_phi_rows[t])
+            if use_sre:
+                recall_error_norm_()
+                torch.add(norm, s_key, out=score)  # sqrt(SRE) where valid, -inf where not
+                torch.argmin(score, dim=-1, out=victim_rows[t])
+            else:
+                if t == t_len - 1:
+                    recall_error_norm_()
+                torch.argmin(s_key, dim=-1, out=victim_rows[t])
+            torch.add(base, victim_rows[t], out=flat)
+            torch.index_select(flat_slots, 0, flat, out=row)  # the victim (phi = 0 if invalid): fold it
+            torch.mul(row_phi, row_vz, out=outer)
+            SZ.add_(outer)
+        last_norm.copy_(norm)
+    return victims, last_norm
+
+
+def _slot_stamps(victims: torch.Tensor, n_slots: int) -> torch.Tensor:
+    """Which candidate each slot holds: victims ``[T, N]`` -> stamps ``[T, N, lambda + 1]``, the token
+    whose candidate the slot holds at token t (after that token's insertion), -1 for the initial cache."""
+    t_len, nh = victims.shape
+    dev = victims.device
+    free = torch.cat([torch.full((1, nh), n_slots - 1, dtype=torch.long, device=dev), victims[:-1]])
+    steps = torch.arange(t_len, device=dev)[:, None, None]
+    hit = free[..., None] == torch.arange(n_slots, device=dev)
+    return torch.where(hit, steps, -1).cummax(dim=0).values
 
 
 def lola_attn_chunk(
@@ -175,13 +215,16 @@ def lola_attn_chunk(
 ) -> tuple[torch.Tensor, LoLAState]:
     """LoLA over a sequence with exactly the per-token semantics of the reference loop.
 
-    Two passes. (1) A no-grad scan over tokens takes the discrete decisions (which pair is folded,
-    which pairs are cached after each token): about twenty small ops per token on detached copies.
-    The decisions cannot be parallelised exactly (each SRE depends on the previous folds), but they
-    carry no gradient. (2) A chunk-parallel pass computes every output and the new state from those
-    decisions with gradients: per block of ``chunk_size`` queries, banded attention over the window,
-    gathered attention over each token's cache slots, and causal linear attention over the folded
-    pairs. gate ``[H]`` in [0, 1]. Returns o ``[B, T, H, V]`` and the state after the last token.
+    Two passes. (1) A no-grad scan over tokens takes the discrete decisions (which pair is folded at
+    each token): about ten small in-place ops per token on detached copies. The decisions cannot be
+    parallelised exactly (each SRE depends on the previous folds), but they carry no gradient.
+    (2) One batched pass over all blocks of ``chunk_size`` queries computes every output and the new
+    state from those decisions, with gradients. Block n (tokens s..e-1) reads the keys
+    [its lambda + 1 slots at the block start | sequence positions s .. e - 1 + eta] (the window and
+    every pair that leaves it during the block); per query, a mask says which keys are in its window
+    or cache (softmax part) and which were folded inside the block (causal linear part); the linear
+    state at each block start is a cumulative sum of the blocks' folds. gate ``[H]`` in [0, 1].
+    Returns o ``[B, T, H, V]`` and the state after the last token.
     """
     check_qkv(q, k, v)
     check_selection(selection)
@@ -198,87 +241,107 @@ def lola_attn_chunk(
     qh, kh, vh = _heads_first(q, k, v)
     dev = q.device
     nh, n_slots = b * h, lam + 1
-    ones = torch.ones(b, h, t_len, dtype=torch.bool, device=dev)
     count = state.count
 
-    pool_k = torch.cat([state.window_k, state.cache_k, kh], dim=2)  # [B, H, P, K]
-    pool_v = torch.cat([state.window_v, state.cache_v, vh], dim=2)
-    pool_valid = torch.cat([state.window_valid[:, None].expand(b, h, eta), state.cache_valid, ones], dim=2)
-    steps = torch.arange(t_len, device=dev)
-    window_birth = (count[:, None] - eta + torch.arange(eta, device=dev))[:, None].expand(b, h, eta)
-    pool_birth = torch.cat([window_birth, state.cache_birth, (count[:, None] + steps)[:, None].expand(b, h, t_len)], 2)
-    pool_phi_k = feature_map(pool_k)
-    prio = static_priority(selection, pool_birth, count)
-    n_pool = pool_k.shape[2]
-
-    rec_idx, rec_valid, rec_victim, sre = _lola_scan(
-        pool_phi_k.detach().reshape(nh, n_pool, kd), pool_v.detach().reshape(nh, n_pool, vd),
-        pool_valid.reshape(nh, n_pool), None if prio is None else prio.reshape(nh, n_pool),
-        augment(state.S, state.z).detach().reshape(nh, kd, vd + 1), eta, lam, t_len, selection,
-    )
-    # per token t: cache slots [B, H, T, lam + 1] (the victim slot excluded), folded pair [B, H, T]
-    slot_idx = rec_idx.view(t_len, b, h, n_slots).permute(1, 2, 0, 3)
-    victim = rec_victim.view(t_len, b, h).permute(1, 2, 0)
-    is_victim = torch.arange(n_slots, device=dev) == victim[..., None]
-    slot_valid = rec_valid.view(t_len, b, h, n_slots).permute(1, 2, 0, 3)
-    fold_idx = torch.gather(slot_idx, 3, victim[..., None])[..., 0]
-    fold_w = torch.gather(slot_valid, 3, victim[..., None])[..., 0].to(pool_phi_k.dtype)
-    slot_valid = slot_valid & ~is_victim
-
-    # window sequence [window cache | new]: token t sees positions t+1 .. t+eta
-    seq_k = torch.cat([state.window_k, kh], dim=2)
+    # sequence = [window cache | new]: position p leaves the window at token p (born count - eta + p);
+    # ext = [initial cache | sequence] indexes every pair a slot can hold
+    seq_k = torch.cat([state.window_k, kh], dim=2)  # [B, H, eta + T, K]
     seq_v = torch.cat([state.window_v, vh], dim=2)
-    seq_valid = torch.cat([state.window_valid, ones[:, 0]], dim=1)
-    S, z = state.S, state.z
-    outputs = []
-    for s in range(0, t_len, chunk_size):
-        e = min(s + chunk_size, t_len)
-        c = e - s
-        qb = qh[:, :, s:e]
-        phi_q = feature_map(qb)
-        # exact part: banded scores over the window, gathered scores over the cache slots
-        idx = slot_idx[:, :, s:e].reshape(b, h, c * n_slots)
-        ck = gather_slots(pool_k, idx).view(b, h, c, n_slots, kd)
-        cv = gather_slots(pool_v, idx).view(b, h, c, n_slots, vd)
-        cache_scores = (torch.einsum("bhck,bhclk->bhcl", qb, ck) * scale).masked_fill(
-            ~slot_valid[:, :, s:e], float("-inf")
+    seq_valid = torch.cat([state.window_valid, torch.ones(b, t_len, dtype=torch.bool, device=dev)], dim=1)
+    seq_birth = count[:, None] - eta + torch.arange(eta + t_len, device=dev)
+    ext_k = torch.cat([state.cache_k, seq_k], dim=2)  # [B, H, lam + eta + T, K]
+    ext_v = torch.cat([state.cache_v, seq_v], dim=2)
+    ext_valid = torch.cat([state.cache_valid, seq_valid[:, None].expand(b, h, eta + t_len)], dim=2)
+    ext_birth = torch.cat([state.cache_birth, seq_birth[:, None].expand(b, h, eta + t_len)], dim=2)
+
+    # (1) decisions
+    n_cand = lam + t_len
+    with torch.no_grad():
+        prio = static_priority(selection, ext_birth[:, :, :n_cand], count)
+        rows = _decision_rows(
+            feature_map(ext_k[:, :, :n_cand].detach()).reshape(nh, n_cand, kd),
+            ext_v[:, :, :n_cand].detach().reshape(nh, n_cand, vd), ext_valid[:, :, :n_cand].reshape(nh, n_cand),
+            None if prio is None else prio.reshape(nh, n_cand),
         )
-        if eta > 0:
-            lo, hi = s + 1, e + eta
-            mask = _band_mask(c, eta, dev)[None, None] & seq_valid[:, None, None, lo:hi]
-            win_scores = ((qb @ seq_k[:, :, lo:hi].transpose(-1, -2)) * scale).masked_fill(~mask, float("-inf"))
-            m = score_max(torch.cat([win_scores, cache_scores], dim=-1))
-            p_win = torch.exp(win_scores - m[..., None])
-            p_cache = torch.exp(cache_scores - m[..., None])
-            num_soft = p_win @ seq_v[:, :, lo:hi] + torch.einsum("bhcl,bhclv->bhcv", p_cache, cv)
-            den_soft = p_win.sum(-1) + p_cache.sum(-1)
-        else:
-            m = score_max(cache_scores)
-            p_cache = torch.exp(cache_scores - m[..., None])
-            num_soft = torch.einsum("bhcl,bhclv->bhcv", p_cache, cv)
-            den_soft = p_cache.sum(-1)
-        # linear part: causal linear attention over the pairs folded at tokens s..e-1 (own one included)
-        fk = gather_slots(pool_phi_k, fold_idx[:, :, s:e]) * fold_w[:, :, s:e, None]
-        fv = gather_slots(pool_v, fold_idx[:, :, s:e])
-        attn = (phi_q @ fk.transpose(-1, -2)).tril()
-        lin_num = phi_q @ S + attn @ fv
-        lin_den = (phi_q * z[:, :, None]).sum(-1) + attn.sum(-1)
-        S = S + fk.transpose(-1, -2) @ fv
-        z = z + fk.sum(2)
-        outputs.append(mix(num_soft, den_soft, m, lin_num, lin_den, gate))
-    o = torch.cat(outputs, dim=2).transpose(1, 2).to(q.dtype)
+        SZ = augment(state.S, state.z).detach().reshape(nh, kd, vd + 1).clone()
+        victims, sre = _lola_decisions(rows[:, lam:], rows[:, :lam], SZ, kd, vd, selection == "sre")
+        stamps = _slot_stamps(victims, n_slots).view(t_len, b, h, n_slots).permute(1, 2, 0, 3)  # [B, H, T, S]
+        victim = victims.view(t_len, b, h).permute(1, 2, 0)  # [B, H, T]
+        slot_ext = torch.where(stamps >= 0, stamps + lam, torch.arange(n_slots, device=dev))
+        slot_valid = torch.gather(ext_valid, 2, slot_ext.reshape(b, h, -1)).view(b, h, t_len, n_slots)
+        is_victim = torch.arange(n_slots, device=dev) == victim[..., None]
+        in_cache = slot_valid & ~is_victim
+
+        # block geometry: C queries per block, keys [S start slots | C + eta sequence positions]
+        c = min(chunk_size, t_len)
+        n_blocks = -(-t_len // c)
+        pad = n_blocks * c - t_len
+        n_keys = n_slots + c + eta
+        start = (torch.arange(t_len, device=dev) // c * c)[:, None]  # [T, 1]
+        col = torch.where(stamps >= start, stamps - start + n_slots, torch.arange(n_slots, device=dev))
+        m_cache = torch.zeros(b, h, t_len + pad, n_keys, dtype=torch.bool, device=dev)
+        m_cache[:, :, :t_len].scatter_(3, col, in_cache)
+        fold_col = torch.gather(col, 3, victim[..., None])
+        fold_w = torch.gather(slot_valid, 3, victim[..., None]).float()
+        m_lin = torch.zeros(b, h, t_len + pad, n_keys, device=dev)
+        m_lin[:, :, :t_len].scatter_(3, fold_col, fold_w)
+        m_lin = m_lin.view(b, h, n_blocks, c, n_keys).cumsum(3)  # key folded at or before the query
+        # window: query i of a block sees sequence positions i + 1 .. i + eta of the block's slice
+        i = torch.arange(c, device=dev)[:, None]
+        j = torch.arange(c + eta, device=dev)[None, :]
+        band = (j > i) & (j <= i + eta)
+        seq_valid_blocks = torch.cat([seq_valid, seq_valid.new_zeros(b, pad)], dim=1).unfold(1, c + eta, c)
+        win = band & seq_valid_blocks[:, None, :, None, :]  # [B, 1, n_blocks, C, C + eta]
+        m_soft = m_cache.view(b, h, n_blocks, c, n_keys)
+        m_soft = torch.cat([m_soft[..., :n_slots], m_soft[..., n_slots:] | win], dim=-1)
+        # slots at each block start: after token s - 1 (the initial cache for the first block)
+        first = torch.arange(n_slots, device=dev).expand(b, h, 1, n_slots)
+        start_ext = torch.cat([first, slot_ext[:, :, c - 1 : (n_blocks - 1) * c : c]], dim=2)
+        start_ext = start_ext.reshape(b, h, n_blocks * n_slots)
+
+    # (2) outputs, with gradients, every block at once
+    def block_keys(ext: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        """[B, H, n_blocks, n_keys, D]: each block's start slots, then its sequence slice."""
+        d = seq.shape[-1]
+        start_x = gather_slots(ext, start_ext).view(b, h, n_blocks, n_slots, d)
+        if eta <= c:  # the slice is the block itself and the head of the next one: views, no unfold
+            seq_x = F.pad(seq, (0, 0, 0, c - eta + pad)).view(b, h, n_blocks + 1, c, d)
+            return torch.cat([start_x, seq_x[:, :, :-1], seq_x[:, :, 1:, :eta]], dim=3)
+        seq_x = F.pad(seq, (0, 0, 0, pad)).unfold(2, c + eta, c).transpose(-1, -2)
+        return torch.cat([start_x, seq_x], dim=3)
+
+    phi_seq = feature_map(seq_k)
+    keys, values = block_keys(ext_k, seq_k), block_keys(ext_v, seq_v)
+    phi_keys = block_keys(torch.cat([feature_map(state.cache_k), phi_seq], dim=2), phi_seq)
+    qb = F.pad(qh, (0, 0, 0, pad)).view(b, h, n_blocks, c, kd)
+    scores = ((qb * scale) @ keys.transpose(-1, -2)).masked_fill(~m_soft, float("-inf"))
+    m = score_max(scores)  # [B, H, n_blocks, C]
+    phi_q = feature_map(qb)
+    folded = phi_keys * m_lin[..., -1, :, None]  # the keys folded inside each block
+    S_cum = torch.cumsum(torch.cat([state.S[:, :, None], folded.transpose(-1, -2) @ values], dim=2), dim=2)
+    z_cum = torch.cumsum(torch.cat([state.z[:, :, None], folded.sum(3)], dim=2), dim=2)
+    # mix (lola_select.mix) with both parts' weights on the block keys summed before one matmul
+    g = gate.view(1, -1, 1, 1).to(qb.dtype)
+    w_lin = g * torch.exp(-m)
+    weights = (1 - g)[..., None] * torch.exp(scores - m[..., None]) + w_lin[..., None] * (
+        (phi_q @ phi_keys.transpose(-1, -2)) * m_lin
+    )
+    num = weights @ values + w_lin[..., None] * (phi_q @ S_cum[:, :, :-1])
+    den = weights.sum(-1) + w_lin * (phi_q @ z_cum[:, :, :-1, :, None])[..., 0] + DEN_EPS
+    o = (num / den[..., None]).view(b, h, n_blocks * c, vd)[:, :, :t_len]
+    o = o.transpose(1, 2).to(q.dtype)
 
     # final cache: the slots after the last token but the victim's, in canonical order
-    last_idx, last_valid = slot_idx[:, :, -1], slot_valid[:, :, -1]
-    last_birth = torch.gather(pool_birth, 2, last_idx)
+    last_ext, last_valid = slot_ext[:, :, -1], in_cache[:, :, -1]
+    last_birth = torch.gather(ext_birth, 2, last_ext)
     order = canonical_order(last_valid, last_birth, is_victim[:, :, -1])[..., :lam]
-    final_idx = torch.gather(last_idx, 2, order)
+    final_ext = torch.gather(last_ext, 2, order)
     gvalid = torch.gather(last_valid, 2, order)
     new_state = LoLAState(
-        S=S, z=z,
+        S=S_cum[:, :, -1], z=z_cum[:, :, -1],
         window_k=seq_k[:, :, t_len:], window_v=seq_v[:, :, t_len:], window_valid=seq_valid[:, t_len:],
-        cache_k=gather_slots(pool_k, final_idx) * gvalid[..., None],
-        cache_v=gather_slots(pool_v, final_idx) * gvalid[..., None],
+        cache_k=gather_slots(ext_k, final_ext) * gvalid[..., None],
+        cache_v=gather_slots(ext_v, final_ext) * gvalid[..., None],
         cache_valid=gvalid,
         cache_sre=torch.gather(sre.view(b, h, n_slots).pow(2), 2, order) * gvalid,
         cache_birth=torch.gather(last_birth, 2, order) * gvalid,

@@ -13,9 +13,12 @@ Per head and per token (lifetime index n = tokens seen since the last reset):
          [(1-g) sum_{W u G} e^{q.k*scale - m} + g e^{-m} phi(q)^T z],  m = max(0, max q.k*scale).
 
 G is stored in a canonical order: valid pairs by birth, then the empty slots (zeroed). The
-decisions (2-3) carry no gradient; the values they route do. Both forms call the helpers below on
-the same shapes, so they take the same decisions (up to exact ties of SRE between two valid pairs,
-which only permute equal-priority pairs).
+decisions (2-3) carry no gradient; the values they route do. The reference step calls the helpers
+below; the chunk form's decision scan (``chunk._lola_decisions``) repeats :func:`recall_error_norm`
+and :func:`fold` op for op on preallocated buffers (same shapes, same roundings), so both take the
+same decisions (up to exact ties of SRE between two valid pairs, which only permute equal-priority
+pairs). Change one, change the other: ``test_lola_chunk_takes_the_step_loops_exact_decisions...``
+checks the recall errors agree bit for bit.
 """
 from __future__ import annotations
 

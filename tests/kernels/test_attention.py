@@ -196,6 +196,34 @@ def test_lola_chunk_matches_reference_forward_and_gradients(selection, window, c
     assert_same_run(*runs)
 
 
+@pytest.mark.parametrize("chunk_size", [1, 5])
+def test_lola_chunk_matches_reference_with_chunks_shorter_than_the_window(chunk_size):
+    # a block's keys reach past the next block when window > chunk_size
+    gate_leaf = torch.tensor([0.2, 0.5, 0.9])
+    state = warm_lola_state(6, 3, "sre", gate_leaf)
+    runs = []
+    for op, extra in ((lola_attn, {"chunk_size": chunk_size}), (lola_attn_reference, {})):
+        gate = gate_leaf.clone().requires_grad_()
+        o, new, grads = run_with_grads(op, state, window=6, cache_size=3, gate=gate, **extra)
+        grads["gate"] = gate.grad
+        runs.append((o, new, grads))
+    assert_same_run(*runs)
+
+
+def test_lola_chunk_takes_the_step_loops_exact_decisions_over_a_long_stream():
+    # full-width heads, many evictions: the chunk form's scan must reproduce the reference's recall
+    # errors bit for bit (same cached pairs, same stored SRE), not merely close ones
+    gen = torch.Generator().manual_seed(21)
+    q, k, v = (torch.randn(2, 240, 2, 64, generator=gen) for _ in range(3))
+    kwargs = dict(window=8, cache_size=8, gate=torch.tensor([0.3, 0.6]))
+    _, ref = lola_attn_reference(q, k, v, None, **kwargs)
+    _, chunked = lola_attn(q, k, v, None, chunk_size=32, **kwargs)
+    assert ref.cache_valid.all()
+    assert torch.equal(chunked.cache_birth, ref.cache_birth)
+    assert torch.equal(chunked.cache_sre, ref.cache_sre)
+    assert torch.equal(chunked.cache_k, ref.cache_k)
+
+
 def test_lola_without_window_and_cache_is_linear_attention():
     from kernels.gated_linear.reference import LinearAttnState, linear_attn_reference
 
