@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -85,6 +85,10 @@ class MemoryMixer(nn.Module, ABC):
         self.d_model = d_model
         self.num_heads = num_heads
         self.head_dim = d_model // num_heads
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., D] -> [..., H, D / H]`` (a view)."""
+        return x.unflatten(-1, (self.num_heads, self.head_dim))
 
     # ---- protocol -------------------------------------------------------------------------
     @abstractmethod

@@ -67,10 +67,9 @@ class GatedDeltaNet(MemoryMixer):
     # ---- pieces shared by forward_chunk and step ---------------------------------------------
     def _project(self, x: torch.Tensor):
         """x ``[..., D]`` -> q, k, v ``[..., H, K]``, g ``[..., H]`` or None, beta ``[..., H]``."""
-        heads = (*x.shape[:-1], self.num_heads, self.head_dim)
-        q = F.normalize(F.silu(self.q_proj(x)).view(heads), dim=-1, eps=1e-6)
-        k = F.normalize(F.silu(self.k_proj(x)).view(heads), dim=-1, eps=1e-6)
-        v = F.silu(self.v_proj(x)).view(heads)
+        q = F.normalize(self.split_heads(F.silu(self.q_proj(x))), dim=-1, eps=1e-6)
+        k = F.normalize(self.split_heads(F.silu(self.k_proj(x))), dim=-1, eps=1e-6)
+        v = self.split_heads(F.silu(self.v_proj(x)))
         beta = torch.sigmoid(self.b_proj(x))
         if self.allow_neg_eigval:
             beta = beta * 2.0

@@ -13,15 +13,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernels.gated_linear import gla, gla_step
-from memory_layers.base import HeadRMSNorm, MemoryMixer
-from memory_layers.mamba2 import GLAState
+from memory_layers.base import HeadRMSNorm
+from memory_layers.mamba2 import GatedLinearMixer
 
 
-class GLA(MemoryMixer):
+class GLA(GatedLinearMixer):
     """GLA mixer: ``x [B, T, D] -> y [B, T, D]`` with a ``GLAState`` (``S [B, H, K, V]``).
 
     ``chunk_size`` must be a power of two (the torch chunked form halves chunks recursively).
     """
+
+    sequence_op = staticmethod(gla)
+    step_op = staticmethod(gla_step)
 
     def __init__(
         self,
@@ -52,34 +55,10 @@ class GLA(MemoryMixer):
         self.o_norm = HeadRMSNorm(num_heads, self.head_dim)
         self.o_proj = nn.Linear(d, d, bias=False)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        """``[..., D] -> [..., H, D / H]``."""
-        return x.unflatten(-1, (self.num_heads, self.head_dim))
-
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """x ``[..., D]`` -> q, k, g ``[..., H, K]``, v ``[..., H, V]``; g = logsigmoid(.) / normalizer."""
-        q = self._heads(self.q_proj(x))
-        k = self._heads(self.k_proj(x))
-        v = self._heads(self.v_proj(x))
-        g = self._heads(F.logsigmoid(self.gk_proj(x))) / self.gate_normalizer
+        q = self.split_heads(self.q_proj(x))
+        k = self.split_heads(self.k_proj(x))
+        v = self.split_heads(self.v_proj(x))
+        g = self.split_heads(F.logsigmoid(self.gk_proj(x))) / self.gate_normalizer
         return q, k, v, g
-
-    def output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """o ``[..., H, V]``, x ``[..., D]`` -> y ``[..., D]`` (head RMSNorm, SiLU gate, o_proj)."""
-        return self.o_proj(self.o_norm(o).flatten(-2) * F.silu(self.gate_proj(x)))
-
-    def init_state(self, batch_size: int, device: torch.device | str) -> GLAState:
-        K = V = self.head_dim
-        return GLAState(torch.zeros(batch_size, self.num_heads, K, V, dtype=torch.float32, device=device))
-
-    def forward_chunk(self, x: torch.Tensor, state: GLAState) -> tuple[torch.Tensor, GLAState]:
-        """x ``[B, T, D]`` -> (y ``[B, T, D]``, state after the last token)."""
-        q, k, v, g = self.project(x)
-        o, S = gla(q, k, v, g, state.S, chunk_size=self.chunk_size, backend=self.backend)
-        return self.output(o, x), GLAState(S)
-
-    def step(self, x: torch.Tensor, state: GLAState) -> tuple[torch.Tensor, GLAState]:
-        """x ``[B, D]`` -> (y ``[B, D]``, state); one recurrent step, equal to the chunked form."""
-        q, k, v, g = self.project(x)
-        o, S = gla_step(q, k, v, g, state.S, backend=self.backend)
-        return self.output(o, x), GLAState(S)

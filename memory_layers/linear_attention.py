@@ -48,15 +48,11 @@ class LinearAttention(MemoryMixer):
         self.o_norm = HeadRMSNorm(num_heads, self.head_dim)
         self.o_proj = nn.Linear(d, d, bias=False)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        """``[..., D] -> [..., H, D / H]``."""
-        return x.unflatten(-1, (self.num_heads, self.head_dim))
-
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x ``[..., D]`` -> phi(q), phi(k) ``[..., H, K]`` (positive), v ``[..., H, V]``."""
-        q = elu_feature_map(self._heads(self.q_proj(x)))
-        k = elu_feature_map(self._heads(self.k_proj(x)))
-        return q, k, self._heads(self.v_proj(x))
+        q = elu_feature_map(self.split_heads(self.q_proj(x)))
+        k = elu_feature_map(self.split_heads(self.k_proj(x)))
+        return q, k, self.split_heads(self.v_proj(x))
 
     def output(self, o: torch.Tensor) -> torch.Tensor:
         """o ``[..., H, V]`` -> y ``[..., D]``."""

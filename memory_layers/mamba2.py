@@ -26,7 +26,38 @@ class GLAState(NamedTuple):
     S: torch.Tensor
 
 
-class Mamba2(MemoryMixer):
+class GatedLinearMixer(MemoryMixer):
+    """Plumbing shared by the gated linear mixers (Mamba2, GLA): ``project`` -> kernel op -> ``output``.
+
+    Subclasses build ``gate_proj``, ``o_norm`` and ``o_proj``, define ``project(x) -> (q, k, v, g)``
+    and name their kernel ops in ``sequence_op`` / ``step_op``; the state is a ``GLAState``.
+    """
+
+    sequence_op = staticmethod(simple_gla)
+    step_op = staticmethod(simple_gla_step)
+
+    def output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """o ``[..., H, V]``, x ``[..., D]`` -> y ``[..., D]`` (head RMSNorm, SiLU gate, o_proj)."""
+        return self.o_proj(self.o_norm(o).flatten(-2) * F.silu(self.gate_proj(x)))
+
+    def init_state(self, batch_size: int, device: torch.device | str) -> GLAState:
+        K = V = self.head_dim
+        return GLAState(torch.zeros(batch_size, self.num_heads, K, V, dtype=torch.float32, device=device))
+
+    def forward_chunk(self, x: torch.Tensor, state: GLAState) -> tuple[torch.Tensor, GLAState]:
+        """x ``[B, T, D]`` -> (y ``[B, T, D]``, state after the last token)."""
+        q, k, v, g = self.project(x)
+        o, S = self.sequence_op(q, k, v, g, state.S, chunk_size=self.chunk_size, backend=self.backend)
+        return self.output(o, x), GLAState(S)
+
+    def step(self, x: torch.Tensor, state: GLAState) -> tuple[torch.Tensor, GLAState]:
+        """x ``[B, D]`` -> (y ``[B, D]``, state); one recurrent step, equal to the chunked form."""
+        q, k, v, g = self.project(x)
+        o, S = self.step_op(q, k, v, g, state.S, backend=self.backend)
+        return self.output(o, x), GLAState(S)
+
+
+class Mamba2(GatedLinearMixer):
     """Mamba2 / simple-GLA mixer: ``x [B, T, D] -> y [B, T, D]`` with a ``GLAState``.
 
     Args: ``dt_min``/``dt_max`` bound the initial softplus(dt_bias) (log-uniform); ``a_min``/``a_max``
@@ -63,35 +94,11 @@ class Mamba2(MemoryMixer):
         self.o_norm = HeadRMSNorm(H, self.head_dim)
         self.o_proj = nn.Linear(d, d, bias=False)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        """``[..., D] -> [..., H, D / H]``."""
-        return x.unflatten(-1, (self.num_heads, self.head_dim))
-
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """x ``[..., D]`` (``[B, T, D]`` or one token ``[B, D]``) -> q, k ``[..., H, K]``,
         v ``[..., H, V]``, g ``[..., H]`` = log alpha = -exp(A_log) * softplus(dt_proj(x) + dt_bias)."""
-        q = F.normalize(F.silu(self._heads(self.q_proj(x))), dim=-1)
-        k = F.normalize(F.silu(self._heads(self.k_proj(x))), dim=-1)
-        v = self._heads(self.v_proj(x))
+        q = F.normalize(F.silu(self.split_heads(self.q_proj(x))), dim=-1)
+        k = F.normalize(F.silu(self.split_heads(self.k_proj(x))), dim=-1)
+        v = self.split_heads(self.v_proj(x))
         g = -self.A_log.exp() * F.softplus(self.dt_proj(x) + self.dt_bias)
         return q, k, v, g
-
-    def output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """o ``[..., H, V]``, x ``[..., D]`` -> y ``[..., D]`` (head RMSNorm, SiLU gate, o_proj)."""
-        return self.o_proj(self.o_norm(o).flatten(-2) * F.silu(self.gate_proj(x)))
-
-    def init_state(self, batch_size: int, device: torch.device | str) -> GLAState:
-        K = V = self.head_dim
-        return GLAState(torch.zeros(batch_size, self.num_heads, K, V, dtype=torch.float32, device=device))
-
-    def forward_chunk(self, x: torch.Tensor, state: GLAState) -> tuple[torch.Tensor, GLAState]:
-        """x ``[B, T, D]`` -> (y ``[B, T, D]``, state after the last token)."""
-        q, k, v, g = self.project(x)
-        o, S = simple_gla(q, k, v, g, state.S, chunk_size=self.chunk_size, backend=self.backend)
-        return self.output(o, x), GLAState(S)
-
-    def step(self, x: torch.Tensor, state: GLAState) -> tuple[torch.Tensor, GLAState]:
-        """x ``[B, D]`` -> (y ``[B, D]``, state); one recurrent step, equal to the chunked form."""
-        q, k, v, g = self.project(x)
-        o, S = simple_gla_step(q, k, v, g, state.S, backend=self.backend)
-        return self.output(o, x), GLAState(S)

@@ -65,7 +65,7 @@ class Palimpsa(Mamba2):
         """Importance rate b ``[..., H, V]`` in [0, 1] (zeros without metaplasticity)."""
         if not self.metaplasticity:
             return torch.zeros_like(v)
-        return torch.sigmoid(self._heads(self.b_proj(x)))
+        return torch.sigmoid(self.split_heads(self.b_proj(x)))
 
     def init_state(self, batch_size: int, device: torch.device | str) -> PalimpsaState:
         return init_palimpsa_state(batch_size, self.num_heads, self.head_dim, self.head_dim, device)

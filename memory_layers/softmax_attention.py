@@ -39,8 +39,7 @@ class AttentionProjections(MemoryMixer):
         self.o_proj = nn.Linear(d, d, bias=False)
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        heads = (*x.shape[:-1], self.num_heads, self.head_dim)
-        return self.q_proj(x).view(heads), self.k_proj(x).view(heads), self.v_proj(x).view(heads)
+        return tuple(self.split_heads(proj(x)) for proj in (self.q_proj, self.k_proj, self.v_proj))
 
     def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.o_proj(o.to(x.dtype).flatten(-2))

@@ -60,8 +60,7 @@ class TTTLinear(MemoryMixer):
 
     def _project(self, x: torch.Tensor):
         """x ``[..., D]`` -> q, k, v ``[..., H, hd]``, eta ``[..., H]``."""
-        heads = (*x.shape[:-1], self.num_heads, self.head_dim)
-        q, k, v = self.q_proj(x).view(heads), self.k_proj(x).view(heads), self.v_proj(x).view(heads)
+        q, k, v = (self.split_heads(proj(x)) for proj in (self.q_proj, self.k_proj, self.v_proj))
         eta = self.base_lr * torch.sigmoid(self.lr_proj(x)) / self.head_dim
         return q, k, v, eta
 
