@@ -21,7 +21,7 @@ DOORKEY = "MiniGrid-DoorKey-5x5-v0"
 EMPTY_SOLUTION = [2, 2, 1, 2, 2]  # forward, forward, turn right, forward, forward
 
 
-def minigrid(env_id: str = DOORKEY) -> gym.Env:
+def wrapped_minigrid(env_id: str = DOORKEY) -> gym.Env:
     return MiniGridObservation(gym.make(env_id, disable_env_checker=True))
 
 
@@ -31,7 +31,7 @@ def agent_state(env: gym.Env) -> tuple:
 
 
 def test_minigrid_observation_drops_the_mission():
-    env = minigrid()
+    env = wrapped_minigrid()
     obs, _ = env.reset(seed=0)
     assert set(obs) == {"image", "direction"}
     assert env.observation_space["image"].shape == (7, 7, 3)
@@ -39,10 +39,10 @@ def test_minigrid_observation_drops_the_mission():
 
 
 def test_action_permutation_sends_each_action_to_its_permuted_underlying_action():
-    wrapped = ActionPermutation(minigrid(), seed=1)
+    wrapped = ActionPermutation(wrapped_minigrid(), seed=1)
     perm = wrapped.permutation
     assert sorted(perm.tolist()) == list(range(7)) and perm.tolist() != list(range(7))
-    twin = minigrid()
+    twin = wrapped_minigrid()
     rng = np.random.default_rng(0)
     wrapped.reset(seed=5)
     twin.reset(seed=5)
@@ -53,19 +53,19 @@ def test_action_permutation_sends_each_action_to_its_permuted_underlying_action(
 
 
 def test_action_permutation_is_fixed_by_its_seed_or_given_explicitly():
-    a = ActionPermutation(minigrid(), seed=3).permutation
-    b = ActionPermutation(minigrid(), seed=3).permutation
-    c = ActionPermutation(minigrid(), seed=4).permutation
+    a = ActionPermutation(wrapped_minigrid(), seed=3).permutation
+    b = ActionPermutation(wrapped_minigrid(), seed=3).permutation
+    c = ActionPermutation(wrapped_minigrid(), seed=4).permutation
     assert a.tolist() == b.tolist() and a.tolist() != c.tolist()
-    explicit = ActionPermutation(minigrid(), permutation=[1, 0, 2, 3, 4, 5, 6])
+    explicit = ActionPermutation(wrapped_minigrid(), permutation=[1, 0, 2, 3, 4, 5, 6])
     assert explicit.action(0) == 1 and explicit.action(1) == 0 and explicit.action(2) == 2
     with pytest.raises(ValueError, match="exactly once"):
-        ActionPermutation(minigrid(), permutation=[0, 0, 1, 2, 3, 4, 5])
+        ActionPermutation(wrapped_minigrid(), permutation=[0, 0, 1, 2, 3, 4, 5])
 
 
 def test_observation_permutation_moves_every_view_cell_to_its_fixed_place():
-    wrapped = ObservationPermutation(minigrid(), seed=2)
-    twin = minigrid()
+    wrapped = ObservationPermutation(wrapped_minigrid(), seed=2)
+    twin = wrapped_minigrid()
     perm = wrapped.permutation
     assert sorted(perm.tolist()) == list(range(49))
     obs, _ = wrapped.reset(seed=1)
@@ -92,9 +92,9 @@ def solve_empty(env: gym.Env) -> tuple[list[float], dict]:
 
 
 def test_reward_remap_scales_and_flips_the_reward_but_success_stays_the_goal():
-    plain, _ = solve_empty(minigrid("MiniGrid-Empty-5x5-v0"))
+    plain, _ = solve_empty(wrapped_minigrid("MiniGrid-Empty-5x5-v0"))
     assert plain[-1] > 0 and plain[:-1] == [0, 0, 0, 0]
-    remapped, info = solve_empty(RewardRemap(EpisodeSuccess(minigrid("MiniGrid-Empty-5x5-v0")), scale=-2.0, shift=0.5))
+    remapped, info = solve_empty(RewardRemap(EpisodeSuccess(wrapped_minigrid("MiniGrid-Empty-5x5-v0")), scale=-2.0, shift=0.5))
     assert remapped == pytest.approx([-2.0 * r + 0.5 for r in plain])
     assert info["success"] == 1.0, "success is measured below the remap"
 
@@ -109,7 +109,7 @@ def test_episode_success_is_zero_when_the_episode_times_out():
 
 def test_dynamics_replace_actions_with_the_configured_probability_reproducibly():
     def replaced(prob: float, seed: int, n: int = 2000) -> list[bool]:
-        env = StochasticActions(minigrid(), prob=prob)
+        env = StochasticActions(wrapped_minigrid(), prob=prob)
         env.reset(seed=seed)
         flags = []
         for _ in range(n):
@@ -126,14 +126,14 @@ def test_dynamics_replace_actions_with_the_configured_probability_reproducibly()
 
 
 def test_dynamics_with_prob_one_act_uniformly_at_random():
-    env = StochasticActions(minigrid(), prob=1.0)
+    env = StochasticActions(wrapped_minigrid(), prob=1.0)
     env.reset(seed=0)
     counts = np.bincount([env.action(2) for _ in range(7000)], minlength=7)
     assert counts.min() > 850 and counts.max() < 1150, counts
 
 
 def test_dynamics_with_prob_zero_leave_the_task_unchanged():
-    wrapped, twin = StochasticActions(minigrid(), prob=0.0), minigrid()
+    wrapped, twin = StochasticActions(wrapped_minigrid(), prob=0.0), wrapped_minigrid()
     wrapped.reset(seed=3)
     twin.reset(seed=3)
     for a in np.random.default_rng(1).integers(7, size=50):
@@ -154,5 +154,5 @@ def test_dynamics_with_prob_zero_leave_the_task_unchanged():
 )
 def test_bad_shift_specs_fail_with_a_message_naming_the_fix(spec, message):
     with pytest.raises(ValueError) as error:
-        apply_shift(minigrid(), spec)
+        apply_shift(wrapped_minigrid(), spec)
     assert message in str(error.value)

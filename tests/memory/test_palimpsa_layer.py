@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _tolerances import rel_rms
 
 from kernels.palimpsa import PalimpsaState
 from memory_layers.mamba2 import Mamba2
@@ -12,10 +13,6 @@ from memory_layers.registry import build_mixer, load_memory_config
 
 D, H, T = 32, 4, 37
 
-
-def rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return float((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt().clamp_min(1e-12))
 
 
 def test_without_metaplasticity_the_layer_is_mamba2_given_mamba2_weights():
