@@ -64,14 +64,13 @@ def _run_app() -> None:
         except (ValueError, TypeError) as error:  # bad configuration: say so before any work
             fail(str(error))
         summary = lifetime.run(progress=bool(cfg.progress))
-        print_run_summary(summary, run_dir, console)
-        if cfg.get("reference"):
+        if cfg.get("reference"):  # before printing, so the table shows the forward transfer
             from agents.reference import run_reference_lifetimes
-
             from tracking.tracker import apply_reference_runs
 
             run_reference_lifetimes(cfg, run_dir, console)
             summary = apply_reference_runs(run_dir)
+        print_run_summary(summary, run_dir, console)
         acc = summary.get("cl", {}).get("acc")
         return float(acc) if acc is not None else None
 
