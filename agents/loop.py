@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from agents.buffer import RolloutBuffer
-from agents.checkpoint import load_checkpoint, load_rng_state_dict, rng_state_dict, save_checkpoint
-from agents.policy import LifelongAgent
-from agents.ppo import NONFINITE_HINT, NonFiniteError, PPOConfig, PPOLearner
-from memory_layers.base import clone_state, state_is_finite, tree_map
-from memory_layers.registry import RESET_CHOICES
+from lifelong.agents.buffer import RolloutBuffer
+from lifelong.agents.checkpoint import load_checkpoint, load_rng_state_dict, rng_state_dict, save_checkpoint
+from lifelong.agents.policy import LifelongAgent
+from lifelong.agents.ppo import NONFINITE_HINT, NonFiniteError, PPOConfig, PPOLearner
+from lifelong.memory_layers.base import clone_state, state_is_finite, tree_map
+from lifelong.memory_layers.registry import RESET_CHOICES
 
 Info = dict[str, Any]
 
@@ -485,21 +485,21 @@ class Lifetime:
 
 # ---- construction of the other packages' objects (module-level so tests can substitute them) ----
 def make_vector_env(stream_cfg: Any, num_envs: int, seed: int) -> Any:
-    from envs.make import make_vector_env as _make
+    from lifelong.envs.make import make_vector_env as _make
 
     return _make(stream_cfg, num_envs, seed)
 
 
 def make_tracker(run_dir: Path, task_names: list[str], hparams: dict, probe_every: int, probe_episodes: int,
                  adaptation_k: int) -> Any:
-    from tracking.tracker import Tracker
+    from lifelong.tracking.tracker import Tracker
 
     return Tracker(run_dir, task_names, hparams, probe_every, probe_episodes, adaptation_k)
 
 
 def run_probe(agent: LifelongAgent, memory: tuple, stream_cfg: Any, task_names: list[str], episodes: int,
               seed: int, device: torch.device) -> dict[str, dict[str, float]]:
-    from tracking.probes import run_probe as _run_probe
+    from lifelong.tracking.probes import run_probe as _run_probe
 
     return _run_probe(agent, memory, stream_cfg, task_names, episodes, seed, device)
 

@@ -14,9 +14,9 @@ import torch
 import torch.nn as nn
 from gymnasium import spaces
 
-from agents.encoders import ObservationEncoder, build_encoder
-from memory_layers.base import Backbone, tree_leaves, tree_map
-from memory_layers.registry import build_backbone
+from lifelong.agents.encoders import ObservationEncoder, build_encoder
+from lifelong.memory_layers.base import Backbone, tree_leaves, tree_map
+from lifelong.memory_layers.registry import build_backbone
 
 Memory = tuple  # one mixer state per layer
 

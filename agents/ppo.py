@@ -12,9 +12,9 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn as nn
 
-from agents.buffer import RolloutBuffer
-from agents.policy import LifelongAgent
-from memory_layers.base import tree_map
+from lifelong.agents.buffer import RolloutBuffer
+from lifelong.agents.policy import LifelongAgent
+from lifelong.memory_layers.base import tree_map
 
 NONFINITE_HINT = (
     "Likely fixes: lower agent.lr (e.g. agent.lr=1e-4), lower agent.max_grad_norm, lower the memory's "

@@ -24,7 +24,7 @@ def reference_config(cfg: DictConfig, task: str) -> DictConfig:
         if cfg.stream.get("unit", "steps") == "steps":
             ref.total_steps = None  # one pass of the one-block schedule: the block's steps x num_envs
         elif cfg.total_steps is not None:  # blocks counted in episodes: the run's mean block length
-            from envs.make import make_stream
+            from lifelong.envs.make import make_stream
 
             blocks = len(make_stream(cfg.stream, int(cfg.seed)).schedule)
             ref.total_steps = max(int(cfg.num_envs), int(cfg.total_steps) // max(blocks, 1))
@@ -35,7 +35,7 @@ def reference_config(cfg: DictConfig, task: str) -> DictConfig:
 
 def run_reference_lifetimes(cfg: DictConfig, run_dir: Path, console: Console) -> list[Path]:
     """Run one reference lifetime per task; returns their run directories."""
-    from agents.loop import Lifetime
+    from lifelong.agents.loop import Lifetime
 
     out = []
     for task in cfg.stream.tasks:

@@ -29,7 +29,6 @@ if "--smoke" in sys.argv:  # the interpreter must be on before any @triton.jit m
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 OPS = ("simple_gla", "gated_delta_rule", "delta_rule", "gla", "linear_attn")
 IMPLS = ("triton", "torch", "fla")
@@ -97,9 +96,9 @@ def make_call(op: str, impl: str, x: dict) -> Callable[[], tuple[torch.Tensor, t
     q, k, v, S0 = x["q"], x["k"], x["v"], x["state"]
     g, beta = x.get("g"), x.get("beta")
     if impl == "triton":
-        from kernels.delta_rule.triton import gated_delta_rule_triton
-        from kernels.gated_linear.reference import LinearAttnState
-        from kernels.gated_linear.triton import gla_triton, linear_attn_triton, simple_gla_triton
+        from lifelong.kernels.delta_rule.triton import gated_delta_rule_triton
+        from lifelong.kernels.gated_linear.reference import LinearAttnState
+        from lifelong.kernels.gated_linear.triton import gla_triton, linear_attn_triton, simple_gla_triton
 
         table = {
             "simple_gla": lambda: simple_gla_triton(q, k, v, g, S0, chunk_size=CHUNK),
@@ -109,9 +108,9 @@ def make_call(op: str, impl: str, x: dict) -> Callable[[], tuple[torch.Tensor, t
             "linear_attn": lambda: _la(linear_attn_triton(q, k, v, LinearAttnState(S0, x["z"]), chunk_size=CHUNK)),
         }
     elif impl == "torch":
-        from kernels.delta_rule.chunk import gated_delta_rule_chunk
-        from kernels.gated_linear.chunk import gla_chunk, linear_attn_chunk, simple_gla_chunk
-        from kernels.gated_linear.reference import LinearAttnState
+        from lifelong.kernels.delta_rule.chunk import gated_delta_rule_chunk
+        from lifelong.kernels.gated_linear.chunk import gla_chunk, linear_attn_chunk, simple_gla_chunk
+        from lifelong.kernels.gated_linear.reference import LinearAttnState
 
         table = {
             "simple_gla": lambda: simple_gla_chunk(q, k, v, g, S0, chunk_size=CHUNK),

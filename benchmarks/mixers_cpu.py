@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -20,9 +18,6 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-# Run as a script, Python puts benchmarks/ first on sys.path, where benchmarks/kernels.py would
-# shadow the kernels package: put the repository root there instead.
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 Inputs = dict[str, torch.Tensor]
 
@@ -39,10 +34,10 @@ def _decay(B: int, T: int, H: int, *extra: int) -> torch.Tensor:
 
 def families() -> dict[str, tuple[Callable, Callable, Callable[[int, int, int, int], tuple[Inputs, dict]]]]:
     """name -> (chunked op, naive op, input builder returning (tensors, constant kwargs))."""
-    from kernels.delta_rule import gated_delta_rule_chunk, gated_delta_rule_reference
-    from kernels.gated_linear.chunk import gla_chunk, linear_attn_chunk, simple_gla_chunk
-    from kernels.gated_linear.reference import gla_reference, linear_attn_reference, simple_gla_reference
-    from kernels.palimpsa import palimpsa_chunk, palimpsa_reference
+    from lifelong.kernels.delta_rule import gated_delta_rule_chunk, gated_delta_rule_reference
+    from lifelong.kernels.gated_linear.chunk import gla_chunk, linear_attn_chunk, simple_gla_chunk
+    from lifelong.kernels.gated_linear.reference import gla_reference, linear_attn_reference, simple_gla_reference
+    from lifelong.kernels.palimpsa import palimpsa_chunk, palimpsa_reference
 
     def gated(B, T, H, D):
         return {**_qkv(B, T, H, D), "g": _decay(B, T, H)}, {}
@@ -67,13 +62,13 @@ def families() -> dict[str, tuple[Callable, Callable, Callable[[int, int, int, i
         "gated_delta_rule": (gated_delta_rule_chunk, gated_delta_rule_reference, delta),
         "palimpsa": (palimpsa_chunk, palimpsa_reference, palimpsa),
     }
-    from kernels.attention.chunk import lola_attn_chunk, sliding_window_attn_chunk, softmax_attn_chunk
-    from kernels.attention.reference import (
+    from lifelong.kernels.attention.chunk import lola_attn_chunk, sliding_window_attn_chunk, softmax_attn_chunk
+    from lifelong.kernels.attention.reference import (
         lola_attn_reference,
         sliding_window_attn_reference,
         softmax_attn_reference,
     )
-    from kernels.ttt import ttt_linear_chunk, ttt_linear_reference
+    from lifelong.kernels.ttt import ttt_linear_chunk, ttt_linear_reference
 
     def ttt(B, T, H, D):
         consts = {"ln_weight": torch.ones(H, D), "ln_bias": torch.zeros(H, D)}
@@ -104,7 +99,7 @@ def time_fwd_bwd(op: Callable, tensors: Inputs, consts: dict, repeats: int) -> f
 
 def time_layer_steps(batch: int, d_model: int, num_heads: int, repeats: int = 200) -> dict[str, float]:
     """Microseconds per ``step`` of each configured mixer layer (inference mode)."""
-    from memory_layers.registry import available_mixers, build_mixer, load_memory_config
+    from lifelong.memory_layers.registry import available_mixers, build_mixer, load_memory_config
 
     result = {}
     for name in available_mixers():

@@ -9,16 +9,13 @@ CUDA) the Triton kernels, at T = 1024 by default.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root before benchmarks/kernels.py
 
-from kernels.palimpsa import palimpsa_chunk, palimpsa_reference  # noqa: E402
+from lifelong.kernels.palimpsa import palimpsa_chunk, palimpsa_reference  # noqa: E402
 
 
 def make_inputs(batch: int, seq: int, heads: int, dim: int, device: str, dtype: torch.dtype):
@@ -69,7 +66,7 @@ def main() -> None:
         rows.append((f"chunked torch C={c}",
                      time_fwd_bwd(lambda *x, c=c: palimpsa_chunk(*x, None, chunk_size=c), inputs, args.repeats)))
     if args.device.startswith("cuda"):
-        from kernels.palimpsa.triton import palimpsa_triton
+        from lifelong.kernels.palimpsa.triton import palimpsa_triton
 
         rows.append(("triton", time_fwd_bwd(lambda *x: palimpsa_triton(*x, None), inputs, args.repeats)))
         try:

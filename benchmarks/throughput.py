@@ -20,16 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
-# Run as a script, Python puts benchmarks/ first on sys.path, where benchmarks/kernels.py would
-# shadow the kernels package: look up the project root first instead.
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
-import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+import torch
+from omegaconf import OmegaConf
 
 DOORKEY_STREAM = {
     "name": "doorkey",
@@ -62,12 +56,12 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    from agents.buffer import RolloutBuffer
-    from agents.loop import RolloutCollector
-    from agents.policy import LifelongAgent
-    from agents.ppo import PPOConfig, PPOLearner
-    from envs.make import make_vector_env
-    from memory_layers.registry import load_memory_config
+    from lifelong.agents.buffer import RolloutBuffer
+    from lifelong.agents.loop import RolloutCollector
+    from lifelong.agents.policy import LifelongAgent
+    from lifelong.agents.ppo import PPOConfig, PPOLearner
+    from lifelong.envs.make import make_vector_env
+    from lifelong.memory_layers.registry import load_memory_config
 
     torch.manual_seed(0)
     device = torch.device(args.device)

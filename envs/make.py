@@ -15,17 +15,16 @@ Invalid configs raise ``ValueError`` with one line naming the valid choices, bef
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
-from envs.schedules import Schedule, build_schedule
-from envs.stream import StreamEnv
-from envs.tasks import TaskSpec, to_plain, parse_tasks
+from lifelong.config_files import group_choices, group_dir
+from lifelong.envs.schedules import Schedule, build_schedule
+from lifelong.envs.stream import StreamEnv
+from lifelong.envs.tasks import TaskSpec, to_plain, parse_tasks
 
-STREAM_DIR = Path(__file__).resolve().parent.parent / "configs" / "stream"
 STREAM_KEYS = {"name", "description", "unit", "steps_per_task", "episodes_per_task", "expose_task_id",
                "recall_vocab", "tasks", "schedule"}
 PROBE_DURATION = 1 << 62  # a single-task probe env never switches
@@ -45,14 +44,14 @@ class StreamSpec:
 
 def available_streams() -> list[str]:
     """Names of the configured streams (``configs/stream/*.yaml``), sorted."""
-    return sorted(p.stem for p in STREAM_DIR.glob("*.yaml"))
+    return group_choices("stream")
 
 
 def load_stream_config(name: str):
     """Load ``configs/stream/<name>.yaml`` as a DictConfig (``ValueError`` naming the choices if absent)."""
     from omegaconf import OmegaConf
 
-    path = STREAM_DIR / f"{name}.yaml"
+    path = group_dir("stream") / f"{name}.yaml"
     if not path.is_file():
         raise ValueError(f"unknown stream {name!r}: choose stream=<name> from {', '.join(available_streams())}")
     return OmegaConf.load(path)

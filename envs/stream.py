@@ -20,8 +20,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.schedules import Schedule
-from envs.tasks import TaskSpec, build_task_env
+from lifelong.envs.schedules import Schedule
+from lifelong.envs.tasks import TaskSpec, build_task_env
 
 STATE_VERSION = 1
 

@@ -21,8 +21,8 @@ from typing import Any
 import gymnasium as gym
 import minigrid  # noqa: F401  (registers the MiniGrid-* env ids)
 
-from envs.recall import AssociativeRecallEnv
-from envs.wrappers import EpisodeSuccess, MiniGridObservation, apply_shift, check_shift_spec
+from lifelong.envs.recall import AssociativeRecallEnv
+from lifelong.envs.wrappers import EpisodeSuccess, MiniGridObservation, apply_shift, check_shift_spec
 
 TASK_KEYS = {"env_id", "env_kwargs", "recall", "shifts"}
 RECALL_KEYS = {"num_pairs", "gap", "num_queries"}

@@ -5,6 +5,9 @@
     lifelong tensorboard RUN_DIR [--port N]  TensorBoard on 127.0.0.1 for a run
     lifelong streams                         the configured task streams
     lifelong mixers                          the configured memory mixers
+    lifelong --version                       the installed version
+
+``python -m lifelong`` is the same command.
 """
 from __future__ import annotations
 
@@ -16,7 +19,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+from lifelong import __version__
+from lifelong.config_files import HYDRA_CONFIG_PATH, ConfigFilesMissing, config_dir, group_choices
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -27,10 +32,6 @@ def fail(message: str, code: int = 2) -> None:
     """Print a one-line error and exit before any work starts."""
     err_console.print(f"[bold red]lifelong: error:[/] {message}", highlight=False, soft_wrap=True)
     raise SystemExit(code)
-
-
-def group_choices(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
 def check_group_overrides(overrides: list[str]) -> None:
@@ -51,11 +52,11 @@ def _run_app() -> None:
     import hydra
     from omegaconf import DictConfig
 
-    @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+    @hydra.main(version_base="1.3", config_path=HYDRA_CONFIG_PATH, config_name="config")
     def run_lifetime(cfg: DictConfig) -> float | None:
         from hydra.core.hydra_config import HydraConfig
 
-        from agents.loop import Lifetime
+        from lifelong.agents.loop import Lifetime
         from lifelong.summary import print_run_summary
 
         run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -65,8 +66,8 @@ def _run_app() -> None:
             fail(str(error))
         summary = lifetime.run(progress=bool(cfg.progress))
         if cfg.get("reference"):  # before printing, so the table shows the forward transfer
-            from agents.reference import run_reference_lifetimes
-            from tracking.tracker import apply_reference_runs
+            from lifelong.agents.reference import run_reference_lifetimes
+            from lifelong.tracking.tracker import apply_reference_runs
 
             run_reference_lifetimes(cfg, run_dir, console)
             summary = apply_reference_runs(run_dir)
@@ -78,6 +79,7 @@ def _run_app() -> None:
 
 
 def cmd_run(argv: list[str]) -> None:
+    config_dir()  # a broken install is one line here, not Hydra's "Primary config directory not found"
     check_group_overrides([a for a in argv if not a.startswith("-")])
     sys.argv = ["lifelong run", *argv]
     _run_app()
@@ -92,7 +94,7 @@ def cmd_compare(argv: list[str]) -> None:
     missing = [str(p) for p in args.run_dirs if not p.exists()]
     if missing:
         fail(f"no such run directory: {', '.join(missing)}")
-    from tracking.report import compare_runs
+    from lifelong.tracking.report import compare_runs
 
     out_dir = args.out or (args.run_dirs[0] if len(args.run_dirs) == 1 else Path("runs") / "compare")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -101,7 +103,7 @@ def cmd_compare(argv: list[str]) -> None:
     except (ValueError, FileNotFoundError) as error:
         fail(str(error))
     from lifelong.summary import print_dataframe
-    from tracking.report import display_table
+    from lifelong.tracking.report import display_table
 
     print_dataframe(display_table(table), "runs compared (mean ± std over seeds)", console)
     console.print(f"figure: [bold]{png}[/]\ntable:  {out_dir / 'compare.md'}, {out_dir / 'compare.csv'}")
@@ -125,7 +127,7 @@ def cmd_tensorboard(argv: list[str]) -> None:
 def cmd_streams(argv: list[str]) -> None:
     from rich.table import Table
 
-    from envs.make import describe_streams
+    from lifelong.envs.make import describe_streams
 
     table = Table(title="task streams (configs/stream/)")
     for column in ("stream", "tasks", "blocks", "schedule length"):
@@ -141,7 +143,7 @@ def cmd_streams(argv: list[str]) -> None:
 def cmd_mixers(argv: list[str]) -> None:
     from rich.table import Table
 
-    from memory_layers.registry import available_mixers, load_memory_config
+    from lifelong.memory_layers.registry import available_mixers, load_memory_config
 
     table = Table(title="memory mixers (configs/memory/)")
     table.add_column("memory")
@@ -165,10 +167,16 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help", "help"):
         console.print(USAGE, highlight=False)
         return
+    if argv[0] in ("-V", "--version"):
+        console.print(f"lifelong {__version__}", highlight=False)
+        return
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         fail(f"unknown command {command!r}: choose one of {', '.join(COMMANDS)}")
-    COMMANDS[command](rest)
+    try:
+        COMMANDS[command](rest)
+    except ConfigFilesMissing as error:
+        fail(str(error))
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels.backend import BACKENDS
-from kernels.delta_rule import gated_delta_rule, gated_delta_rule_step
-from memory_layers.base import HeadRMSNorm, MemoryMixer, mamba_a_log, mamba_dt_bias
+from lifelong.kernels.backend import BACKENDS
+from lifelong.kernels.delta_rule import gated_delta_rule, gated_delta_rule_step
+from lifelong.memory_layers.base import HeadRMSNorm, MemoryMixer, mamba_a_log, mamba_dt_bias
 
 #: Floor of the per-token log decay. exp(-20) ~ 2e-9 already forgets everything; the floor keeps
 #: the in-chunk cumulative sums small enough for fp32 differences to stay accurate.

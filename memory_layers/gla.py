@@ -12,9 +12,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels.gated_linear import gla, gla_step
-from memory_layers.base import HeadRMSNorm
-from memory_layers.mamba2 import GatedLinearMixer
+from lifelong.kernels.gated_linear import gla, gla_step
+from lifelong.memory_layers.base import HeadRMSNorm
+from lifelong.memory_layers.mamba2 import GatedLinearMixer
 
 
 class GLA(GatedLinearMixer):

@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels.gated_linear import LinearAttnState, linear_attn, linear_attn_step
-from memory_layers.base import HeadRMSNorm, MemoryMixer
+from lifelong.kernels.gated_linear import LinearAttnState, linear_attn, linear_attn_step
+from lifelong.memory_layers.base import HeadRMSNorm, MemoryMixer
 
 
 def elu_feature_map(x: torch.Tensor) -> torch.Tensor:

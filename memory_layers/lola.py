@@ -17,9 +17,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from kernels.attention import SELECTIONS, LoLAState, empty_lola_state, lola_attn, lola_attn_step
-from memory_layers.base import effective_rank, state_nbytes
-from memory_layers.softmax_attention import AttentionProjections
+from lifelong.kernels.attention import SELECTIONS, LoLAState, empty_lola_state, lola_attn, lola_attn_step
+from lifelong.memory_layers.base import effective_rank, state_nbytes
+from lifelong.memory_layers.softmax_attention import AttentionProjections
 
 
 class LoLA(AttentionProjections):

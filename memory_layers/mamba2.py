@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels.gated_linear import simple_gla, simple_gla_step
-from memory_layers.base import HeadRMSNorm, MemoryMixer, mamba_a_log, mamba_dt_bias
+from lifelong.kernels.gated_linear import simple_gla, simple_gla_step
+from lifelong.memory_layers.base import HeadRMSNorm, MemoryMixer, mamba_a_log, mamba_dt_bias
 
 
 class GLAState(NamedTuple):

@@ -20,9 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels.palimpsa import PalimpsaState, init_palimpsa_state, palimpsa, palimpsa_step
-from memory_layers.base import effective_rank, inverse_softplus, state_nbytes
-from memory_layers.mamba2 import Mamba2
+from lifelong.kernels.palimpsa import PalimpsaState, init_palimpsa_state, palimpsa, palimpsa_step
+from lifelong.memory_layers.base import effective_rank, inverse_softplus, state_nbytes
+from lifelong.memory_layers.mamba2 import Mamba2
 
 
 class Palimpsa(Mamba2):

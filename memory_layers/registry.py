@@ -1,29 +1,26 @@
 """Building mixers from their Hydra config (``configs/memory/<name>.yaml``; ``_target_`` is the registry)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping
 
 import hydra.utils
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from memory_layers.base import Backbone, MemoryMixer
+from lifelong.config_files import group_choices, group_dir
+from lifelong.memory_layers.base import Backbone, MemoryMixer
 
 #: keys of a memory config that belong to the agent, not to the mixer's constructor
 NON_CONSTRUCTOR_KEYS = ("name", "reset_on")
 RESET_CHOICES = ("never", "episode", "task")
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
 def available_mixers() -> list[str]:
     """Names of every mixer config in ``configs/memory/``."""
-    return sorted(p.stem for p in (CONFIG_DIR / "memory").glob("*.yaml"))
+    return group_choices("memory")
 
 
 def load_memory_config(name: str) -> DictConfig:
-    path = CONFIG_DIR / "memory" / f"{name}.yaml"
+    path = group_dir("memory") / f"{name}.yaml"
     if not path.exists():
         raise ValueError(f"unknown mixer {name!r}: choose memory=<name> from {available_mixers()}")
     return OmegaConf.load(path)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from kernels.attention import KVCache, empty_kv_cache, softmax_attn, softmax_attn_step
-from kernels.backend import BACKENDS
-from memory_layers.base import MemoryMixer, state_nbytes
+from lifelong.kernels.attention import KVCache, empty_kv_cache, softmax_attn, softmax_attn_step
+from lifelong.kernels.backend import BACKENDS
+from lifelong.memory_layers.base import MemoryMixer, state_nbytes
 
 
 class AttentionProjections(MemoryMixer):

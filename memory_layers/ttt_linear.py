@@ -17,9 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels.backend import BACKENDS
-from kernels.ttt import TTTState, ln_fwd, ttt_linear, ttt_linear_step
-from memory_layers.base import HeadRMSNorm, MemoryMixer
+from lifelong.kernels.backend import BACKENDS
+from lifelong.kernels.ttt import TTTState, ln_fwd, ttt_linear, ttt_linear_step
+from lifelong.memory_layers.base import HeadRMSNorm, MemoryMixer
 
 LN_EPS = 1e-6
 

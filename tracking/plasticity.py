@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from memory_layers.base import effective_rank
+from lifelong.memory_layers.base import effective_rank
 
 __all__ = ["ActivityBuffer", "feature_effective_rank", "weight_magnitude", "gradient_norm"]
 

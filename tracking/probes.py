@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
-from memory_layers.base import clone_state, tree_leaves
+from lifelong.memory_layers.base import clone_state, tree_leaves
 
 __all__ = ["run_probe", "probe_task"]
 
@@ -29,7 +29,7 @@ EnvFactory = Callable[[Any, str, int], gym.Env]
 
 
 def _default_env_factory() -> EnvFactory:
-    from envs.make import make_task_env
+    from lifelong.envs.make import make_task_env
 
     return make_task_env
 

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tracking.curves import EpisodeCurve
-from tracking.tracker import load_reference_summaries, with_reference_transfer
+from lifelong.tracking.curves import EpisodeCurve
+from lifelong.tracking.tracker import load_reference_summaries, with_reference_transfer
 
 __all__ = ["find_run_dirs", "load_runs", "run_table", "aggregate", "display_table", "plot_compare", "compare_runs", "FIGURES"]
 

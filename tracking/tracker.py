@@ -38,10 +38,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from tracking import metrics as M
-from tracking.curves import EpisodeCurve, write_json_atomic
-from tracking.plasticity import ActivityBuffer, feature_effective_rank, weight_magnitude
-from tracking.tensorboard import RunWriter, custom_scalars_layout
+from lifelong.tracking import metrics as M
+from lifelong.tracking.curves import EpisodeCurve, write_json_atomic
+from lifelong.tracking.plasticity import ActivityBuffer, feature_effective_rank, weight_magnitude
+from lifelong.tracking.tensorboard import RunWriter, custom_scalars_layout
 
 __all__ = ["Tracker", "first_block_auc", "load_reference_summaries", "with_reference_transfer", "apply_reference_runs"]
 

@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import torch
 
-from kernels.attention.chunk import lola_attn_chunk, sliding_window_attn_chunk, softmax_attn_chunk
-from kernels.attention.lola_select import check_selection
-from kernels.attention.reference import (
+from lifelong.kernels.attention.chunk import lola_attn_chunk, sliding_window_attn_chunk, softmax_attn_chunk
+from lifelong.kernels.attention.lola_select import check_selection
+from lifelong.kernels.attention.reference import (
     lola_attn_reference, lola_attn_step as _lola_attn_step_torch, sliding_window_attn_reference,
     sliding_window_attn_step as _sliding_window_attn_step_torch, softmax_attn_reference,
     softmax_attn_step as _softmax_attn_step_torch,
 )
-from kernels.attention.states import (
+from lifelong.kernels.attention.states import (
     SELECTIONS, KVCache, LoLAState, WindowCache, empty_kv_cache, empty_lola_state, empty_window_cache,
 )
-from kernels.backend import resolve_backend
+from lifelong.kernels.backend import resolve_backend
 
 __all__ = [
     "SELECTIONS", "KVCache", "LoLAState", "WindowCache",

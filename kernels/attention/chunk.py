@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.attention.lola_select import (
+from lifelong.kernels.attention.lola_select import (
     DEN_EPS, RECALL_EPS, augment, canonical_order, check_selection, feature_map, gather_slots, score_max,
     static_priority,
 )
-from kernels.attention.states import (
+from lifelong.kernels.attention.states import (
     KVCache, LoLAState, WindowCache, check_cache, check_lola_state, check_qkv, empty_kv_cache,
     empty_lola_state, empty_window_cache, resolve_scale,
 )

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.attention.states import SELECTIONS
+from lifelong.kernels.attention.states import SELECTIONS
 
 #: added to phi(k)^T z when predicting a value from the linear state (empty state: prediction 0)
 RECALL_EPS = 1e-6

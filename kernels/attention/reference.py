@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from kernels.attention.lola_select import (
+from lifelong.kernels.attention.lola_select import (
     augment, candidate_scores, canonical_order, check_selection, feature_map, fold, gather_slots, mix,
     score_max, static_priority,
 )
-from kernels.attention.states import (
+from lifelong.kernels.attention.states import (
     KVCache, LoLAState, WindowCache, check_cache, check_lola_state, check_qkv, empty_kv_cache,
     empty_lola_state, empty_window_cache, resolve_scale,
 )

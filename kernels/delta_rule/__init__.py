@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from kernels.backend import resolve_backend
-from kernels.delta_rule.chunk import gated_delta_rule_chunk
-from kernels.delta_rule.reference import check_inputs, gated_delta_rule_reference, zero_state
-from kernels.delta_rule.reference import gated_delta_rule_step as _gated_delta_rule_step_torch
+from lifelong.kernels.backend import resolve_backend
+from lifelong.kernels.delta_rule.chunk import gated_delta_rule_chunk
+from lifelong.kernels.delta_rule.reference import check_inputs, gated_delta_rule_reference, zero_state
+from lifelong.kernels.delta_rule.reference import gated_delta_rule_step as _gated_delta_rule_step_torch
 
 __all__ = [
     "delta_rule",
@@ -45,7 +45,7 @@ def gated_delta_rule(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked gated delta rule over a sequence: o ``[B, T, H, V]``, state ``[B, H, K, V]`` fp32."""
     if resolve_backend(backend, q) == "triton":
-        from kernels.delta_rule.triton import gated_delta_rule_triton
+        from lifelong.kernels.delta_rule.triton import gated_delta_rule_triton
 
         check_inputs(q, k, v, g, beta, state)
         if state is None:
@@ -72,7 +72,7 @@ def gated_delta_rule_step(
         check_inputs(q, k, v, g, beta, None, single_token=True)
         state = zero_state(k, v)
     if resolve_backend(backend, q) == "triton":
-        from kernels.delta_rule.triton import gated_delta_rule_step_triton
+        from lifelong.kernels.delta_rule.triton import gated_delta_rule_step_triton
 
         return gated_delta_rule_step_triton(q, k, v, _zeros_gate(beta, g), beta, state, scale=scale)
     return _gated_delta_rule_step_torch(q, k, v, g, beta, state, scale=scale)

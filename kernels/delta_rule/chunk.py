@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.delta_rule.reference import check_inputs, zero_state
+from lifelong.kernels.delta_rule.reference import check_inputs, zero_state
 
 
 def _to_chunks(x: torch.Tensor, pad: int, chunk_size: int) -> torch.Tensor:

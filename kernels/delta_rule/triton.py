@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_utils import (
+from lifelong.kernels.triton_utils import (
     _cfg,
     block_size,
     check_chunk_size,

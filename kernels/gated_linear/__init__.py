@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from kernels.backend import resolve_backend
-from kernels.gated_linear.chunk import gla_chunk, linear_attn_chunk, simple_gla_chunk
-from kernels.gated_linear.reference import (
+from lifelong.kernels.backend import resolve_backend
+from lifelong.kernels.gated_linear.chunk import gla_chunk, linear_attn_chunk, simple_gla_chunk
+from lifelong.kernels.gated_linear.reference import (
     GATE_LOG_MIN,
     LinearAttnState,
     clamp_gate,
@@ -43,7 +43,7 @@ __all__ = [
 
 def _triton():
     """The Triton implementations, imported on first use (Triton may be absent on CPU machines)."""
-    from kernels.gated_linear import triton as triton_ops
+    from lifelong.kernels.gated_linear import triton as triton_ops
 
     return triton_ops
 

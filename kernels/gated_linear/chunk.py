@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.gated_linear.reference import (
+from lifelong.kernels.gated_linear.reference import (
     LinearAttnState,
     check_gate,
     check_linear_attn_state,

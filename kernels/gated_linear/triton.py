@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels.gated_linear.reference import LinearAttnState, clamp_gate
-from kernels.triton_utils import (
+from lifelong.kernels.gated_linear.reference import LinearAttnState, clamp_gate
+from lifelong.kernels.triton_utils import (
     check_chunk_size,
     chunk_bwd_dh,
     chunk_bwd_dqk,

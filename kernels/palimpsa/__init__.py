@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import torch
 
-from kernels.backend import resolve_backend
-from kernels.palimpsa.chunk import palimpsa_chunk
-from kernels.palimpsa.reference import (
+from lifelong.kernels.backend import resolve_backend
+from lifelong.kernels.palimpsa.chunk import palimpsa_chunk
+from lifelong.kernels.palimpsa.reference import (
     PalimpsaState,
     init_palimpsa_state,
     palimpsa_mu_form_reference,
     palimpsa_predictive_variance,
     palimpsa_reference,
 )
-from kernels.palimpsa.reference import palimpsa_step as palimpsa_step_torch
+from lifelong.kernels.palimpsa.reference import palimpsa_step as palimpsa_step_torch
 
 __all__ = [
     "PalimpsaState",
@@ -39,7 +39,7 @@ def palimpsa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor,
     Returns o ``[B, T, H, V]`` and the fp32 state after the last token.
     """
     if resolve_backend(backend, q) == "triton":
-        from kernels.palimpsa.triton import palimpsa_triton
+        from lifelong.kernels.palimpsa.triton import palimpsa_triton
 
         return palimpsa_triton(q, k, v, g, b, state, prior_precision=prior_precision, scale=scale,
                                chunk_size=chunk_size)
@@ -52,7 +52,7 @@ def palimpsa_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Te
                   scale: float | None = None, backend: str = "auto") -> tuple[torch.Tensor, PalimpsaState]:
     """One token: q, k ``[B, H, K]``; v, b ``[B, H, V]``; g ``[B, H]`` -> (o ``[B, H, V]``, state)."""
     if resolve_backend(backend, q) == "triton":
-        from kernels.palimpsa.triton import palimpsa_step_triton
+        from lifelong.kernels.palimpsa.triton import palimpsa_step_triton
 
         return palimpsa_step_triton(q, k, v, g, b, state, prior_precision=prior_precision, scale=scale)
     return palimpsa_step_torch(q, k, v, g, b, state, prior_precision=prior_precision, scale=scale)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.palimpsa.reference import (
+from lifelong.kernels.palimpsa.reference import (
     PalimpsaState,
     resolve_state,
     check_inputs,

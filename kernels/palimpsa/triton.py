@@ -19,8 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.backend import autotune_configs
-from kernels.palimpsa.reference import (
+from lifelong.kernels.backend import autotune_configs
+from lifelong.kernels.palimpsa.reference import (
     PalimpsaState,
     resolve_state,
     check_inputs,

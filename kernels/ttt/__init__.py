@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from kernels.backend import BACKENDS
-from kernels.ttt.chunk import ttt_linear_chunk
-from kernels.ttt.reference import (
+from lifelong.kernels.backend import BACKENDS
+from lifelong.kernels.ttt.chunk import ttt_linear_chunk
+from lifelong.kernels.ttt.reference import (
     TTTState,
     check_inputs,
     ln_fwd,
@@ -20,7 +20,7 @@ from kernels.ttt.reference import (
     ttt_linear_reference,
     zero_ttt_state,
 )
-from kernels.ttt.reference import ttt_linear_step as _ttt_linear_step_torch
+from lifelong.kernels.ttt.reference import ttt_linear_step as _ttt_linear_step_torch
 
 __all__ = [
     "TTTState",

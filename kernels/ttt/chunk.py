@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.ttt.reference import TTTState, check_inputs, ln_regression_grad, zero_ttt_state
+from lifelong.kernels.ttt.reference import TTTState, check_inputs, ln_regression_grad, zero_ttt_state
 
 
 def _place(x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:

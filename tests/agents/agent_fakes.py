@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from omegaconf import OmegaConf
 
-from agents.loop import RolloutCollector
-from agents.policy import LifelongAgent
-from memory_layers.base import MemoryMixer
-from memory_layers.registry import load_memory_config
+from lifelong.agents.loop import RolloutCollector
+from lifelong.agents.policy import LifelongAgent
+from lifelong.memory_layers.base import MemoryMixer
+from lifelong.memory_layers.registry import load_memory_config
 
 
 
@@ -270,7 +270,7 @@ def lifetime_cfg(**overrides):
 
 def use_fakes(monkeypatch) -> None:
     """Route Lifetime's env, tracker and probe construction to the fakes above."""
-    import agents.loop as loop
+    import lifelong.agents.loop as loop
 
     monkeypatch.setattr(loop, "make_vector_env", make_cue_vector_env)
     monkeypatch.setattr(loop, "make_tracker", FakeTracker)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agents.buffer import RolloutBuffer, compute_gae
+from lifelong.agents.buffer import RolloutBuffer, compute_gae
 
 GAMMA, LAM = 0.9, 0.8
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-import agents.checkpoint as ckpt
+import lifelong.agents.checkpoint as ckpt
 
 
 def test_a_checkpoint_round_trips_tensors_rng_states_and_nested_dicts(tmp_path):

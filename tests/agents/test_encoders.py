@@ -6,7 +6,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from agents.encoders import MiniGridEncoder, TokenEncoder, build_encoder
+from lifelong.agents.encoders import MiniGridEncoder, TokenEncoder, build_encoder
 
 MINIGRID = spaces.Dict({"image": spaces.Box(0, 255, (7, 7, 3), np.uint8), "direction": spaces.Discrete(4)})
 

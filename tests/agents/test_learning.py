@@ -10,10 +10,10 @@ import gymnasium as gym
 import torch
 from agent_fakes import CueEnv, decay_memory_cfg
 
-from agents.buffer import RolloutBuffer
-from agents.loop import RolloutCollector
-from agents.policy import LifelongAgent
-from agents.ppo import PPOConfig, PPOLearner
+from lifelong.agents.buffer import RolloutBuffer
+from lifelong.agents.loop import RolloutCollector
+from lifelong.agents.policy import LifelongAgent
+from lifelong.agents.ppo import PPOConfig, PPOLearner
 
 NUM_ENVS, SEGMENT = 8, 32
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 from agent_fakes import lifetime_cfg, use_fakes
 
-from agents.loop import Lifetime
-from agents.ppo import NonFiniteError
-from memory_layers.base import tree_leaves
+from lifelong.agents.loop import Lifetime
+from lifelong.agents.ppo import NonFiniteError
+from lifelong.memory_layers.base import tree_leaves
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_a_non_finite_loss_stops_the_learner_with_the_likely_fixes(fakes, tmp_pa
 
 
 def test_total_steps_null_needs_a_stream_counted_in_steps(fakes, monkeypatch, tmp_path):
-    import agents.loop as loop
+    import lifelong.agents.loop as loop
     from agent_fakes import make_cue_vector_env
 
     def episode_stream(stream_cfg, num_envs, seed):
@@ -117,8 +117,8 @@ def test_an_unknown_reset_choice_is_refused(fakes, tmp_path):
 
 def test_a_lifetime_runs_end_to_end_on_the_smoke_stream_with_gated_deltanet(tmp_path):
     """The real stream, mixer, tracker and probes (no fakes): summary.json and TensorBoard logs."""
-    from envs.make import load_stream_config
-    from memory_layers.registry import load_memory_config
+    from lifelong.envs.make import load_stream_config
+    from lifelong.memory_layers.registry import load_memory_config
 
     stream = load_stream_config("smoke")
     stream.steps_per_task = 40

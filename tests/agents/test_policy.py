@@ -7,11 +7,11 @@ import pytest
 import torch
 from agent_fakes import CueEnv, decay_memory_cfg, make_collector
 
-from agents.buffer import RolloutBuffer
-from agents.loop import RolloutCollector
-from agents.policy import LifelongAgent, gumbel_max_sample
-from memory_layers.base import tree_leaves
-from memory_layers.registry import available_mixers
+from lifelong.agents.buffer import RolloutBuffer
+from lifelong.agents.loop import RolloutCollector
+from lifelong.agents.policy import LifelongAgent, gumbel_max_sample
+from lifelong.memory_layers.base import tree_leaves
+from lifelong.memory_layers.registry import available_mixers
 
 
 MIXERS = ["decay"] + [m for m in ("gated_deltanet",) if m in available_mixers()]

@@ -6,8 +6,8 @@ import torch
 from agent_fakes import make_collector
 from omegaconf import OmegaConf
 
-from agents.buffer import RolloutBuffer
-from agents.ppo import PPOConfig, PPOLearner, ppo_loss
+from lifelong.agents.buffer import RolloutBuffer
+from lifelong.agents.ppo import PPOConfig, PPOLearner, ppo_loss
 
 
 def collected(num_envs: int = 3, length: int = 12) -> tuple:

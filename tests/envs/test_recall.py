@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from envs.make import load_stream_config, make_stream
-from envs.recall import FILLER, AssociativeRecallEnv
+from lifelong.envs.make import load_stream_config, make_stream
+from lifelong.envs.recall import FILLER, AssociativeRecallEnv
 
 
 def memorising_policy():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from envs.schedules import build_schedule
+from lifelong.envs.schedules import build_schedule
 
 TASKS = ["A", "B", "C"]
 

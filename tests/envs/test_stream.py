@@ -10,7 +10,7 @@ import torch
 from gymnasium.utils.env_checker import check_env
 from omegaconf import OmegaConf
 
-from envs.make import (
+from lifelong.envs.make import (
     available_streams,
     describe_streams,
     load_stream_config,

@@ -6,7 +6,7 @@ import minigrid  # noqa: F401
 import numpy as np
 import pytest
 
-from envs.wrappers import (
+from lifelong.envs.wrappers import (
     ActionPermutation,
     EpisodeSuccess,
     MiniGridObservation,

@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.attention import (
+from lifelong.kernels.attention import (
     KVCache, LoLAState, WindowCache, empty_lola_state, lola_attn, lola_attn_reference, lola_attn_step,
     sliding_window_attn, sliding_window_attn_reference, softmax_attn, softmax_attn_reference,
 )
-from kernels.attention.lola_select import feature_map, hash_uniform
+from lifelong.kernels.attention.lola_select import feature_map, hash_uniform
 from _tolerances import TOL_CHUNKED, TOL_RECURRENT, assert_close_rms
 
 B, T, H, K, V = 2, 63, 3, 8, 8
@@ -225,7 +225,7 @@ def test_lola_chunk_takes_the_step_loops_exact_decisions_over_a_long_stream():
 
 
 def test_lola_without_window_and_cache_is_linear_attention():
-    from kernels.gated_linear.reference import LinearAttnState, linear_attn_reference
+    from lifelong.kernels.gated_linear.reference import LinearAttnState, linear_attn_reference
 
     q, k, v = qkv()
     state = empty_lola_state(B, H, K, V, 0, 0)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from _tolerances import TOL_CHUNKED, TOL_GATE_GRAD, TOL_RECURRENT, assert_close_rms
 
-from kernels.delta_rule import (
+from lifelong.kernels.delta_rule import (
     delta_rule,
     delta_rule_step,
     gated_delta_rule,
@@ -217,10 +217,10 @@ def test_triton_backend_dispatches_to_the_triton_module_with_a_zero_gate_for_del
         calls["step"] = g.clone()
         return v.clone(), state.clone()
 
-    fake = types.ModuleType("kernels.delta_rule.triton")
+    fake = types.ModuleType("lifelong.kernels.delta_rule.triton")
     fake.gated_delta_rule_triton = fake_chunk
     fake.gated_delta_rule_step_triton = fake_step
-    monkeypatch.setitem(sys.modules, "kernels.delta_rule.triton", fake)
+    monkeypatch.setitem(sys.modules, "lifelong.kernels.delta_rule.triton", fake)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     q, k, v, _, beta, S0 = make_inputs(9, gated=False)
     delta_rule(q, k, v, beta, None, chunk_size=16, backend="triton")

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from _tolerances import TOL_CHUNKED, TOL_GATE_GRAD, TOL_RECURRENT, assert_close_rms
 
-from kernels.delta_rule import gated_delta_rule
-from kernels.delta_rule.reference import gated_delta_rule_reference
-from kernels.delta_rule.reference import gated_delta_rule_step as gated_delta_rule_step_torch
-from kernels.delta_rule.triton import gated_delta_rule_step_triton, gated_delta_rule_triton
+from lifelong.kernels.delta_rule import gated_delta_rule
+from lifelong.kernels.delta_rule.reference import gated_delta_rule_reference
+from lifelong.kernels.delta_rule.reference import gated_delta_rule_step as gated_delta_rule_step_torch
+from lifelong.kernels.delta_rule.triton import gated_delta_rule_step_triton, gated_delta_rule_triton
 
 pytestmark = pytest.mark.triton
 
@@ -159,8 +159,8 @@ def test_bf16_inputs_give_bf16_outputs_fp32_states_and_finite_gradients():
 
 _AOT_SCRIPT = """
 import json, triton.language as tl
-import kernels.triton_utils as U
-import kernels.delta_rule.triton as D
+import lifelong.kernels.triton_utils as U
+import lifelong.kernels.delta_rule.triton as D
 FP32 = ("gc", "h0", "ht", "dht", "dh0", "dv", "dv_local", "dv_out", "dq", "dk", "dk_in", "dw", "dg", "g", "h",
         "h_out", "Tm", "dbeta", "beta")
 base = dict(H=8, K=128, V=128, BT=64, MM=tl.bfloat16, USE_G=True)
@@ -188,7 +188,7 @@ def test_kernels_compile_for_h100_and_fit_its_shared_memory():
     import sys
     from pathlib import Path
 
-    from kernels.triton_utils import H100_SHARED_BYTES
+    from lifelong.kernels.triton_utils import H100_SHARED_BYTES
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = Path(__file__).resolve().parents[2]

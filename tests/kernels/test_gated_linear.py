@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from _tolerances import TOL_CHUNKED, TOL_GATE_GRAD, TOL_RECURRENT, assert_close_rms
 
-from kernels.gated_linear import chunk as gated_linear_chunk
-from kernels.gated_linear import (
+from lifelong.kernels.gated_linear import chunk as gated_linear_chunk
+from lifelong.kernels.gated_linear import (
     GATE_LOG_MIN,
     LinearAttnState,
     gla,

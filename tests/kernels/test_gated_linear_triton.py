@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from _tolerances import TOL_CHUNKED, TOL_GATE_GRAD, TOL_RECURRENT, assert_close_rms
 
-from kernels.gated_linear.reference import (
+from lifelong.kernels.gated_linear.reference import (
     LinearAttnState,
     gla_reference,
     gla_step,
@@ -17,7 +17,7 @@ from kernels.gated_linear.reference import (
     simple_gla_reference,
     simple_gla_step,
 )
-from kernels.gated_linear.triton import (
+from lifelong.kernels.gated_linear.triton import (
     gla_step_triton,
     gla_triton,
     linear_attn_step_triton,
@@ -189,7 +189,7 @@ def test_bad_inputs_raise_errors_that_name_the_fix():
 
 
 def test_public_ops_dispatch_to_triton():
-    from kernels.gated_linear import gla, linear_attn, simple_gla
+    from lifelong.kernels.gated_linear import gla, linear_attn, simple_gla
 
     q, k, v, g, S0 = _inputs(24, 16, 16, "head")
     o, S = simple_gla(q, k, v, g, S0, chunk_size=16, backend="triton")
@@ -217,7 +217,7 @@ def test_bf16_inputs_give_bf16_outputs_fp32_states_and_bf16_gradients():
 
 _AOT_SCRIPT = """
 import json, triton.language as tl
-import kernels.triton_utils as U
+import lifelong.kernels.triton_utils as U
 FP32 = ("gc", "h0", "ht", "dht", "dh0", "dv", "dv_local", "dv_out", "dq", "dk", "dw", "dg", "g", "h", "h_out")
 base = dict(H=8, K=128, V=128, MM=tl.bfloat16)
 out = {}
@@ -244,7 +244,7 @@ def test_kernels_compile_for_h100_and_fit_its_shared_memory():
     import sys
     from pathlib import Path
 
-    from kernels.triton_utils import H100_SHARED_BYTES
+    from lifelong.kernels.triton_utils import H100_SHARED_BYTES
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = Path(__file__).resolve().parents[2]

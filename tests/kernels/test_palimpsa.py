@@ -6,7 +6,7 @@ import pytest
 import torch
 from fla.ops.simple_gla.naive import naive_recurrent_simple_gla
 
-from kernels.palimpsa import (
+from lifelong.kernels.palimpsa import (
     PalimpsaState,
     init_palimpsa_state,
     palimpsa,

@@ -7,9 +7,9 @@ import pytest
 import torch
 from _tolerances import TOL_CHUNKED, TOL_GATE_GRAD, TOL_RECURRENT, assert_close_rms
 
-import kernels.palimpsa.triton as palimpsa_triton_module
-from kernels.palimpsa import PalimpsaState, palimpsa, palimpsa_reference, palimpsa_step
-from kernels.palimpsa.triton import palimpsa_step_triton, palimpsa_triton
+import lifelong.kernels.palimpsa.triton as palimpsa_triton_module
+from lifelong.kernels.palimpsa import PalimpsaState, palimpsa, palimpsa_reference, palimpsa_step
+from lifelong.kernels.palimpsa.triton import palimpsa_step_triton, palimpsa_triton
 
 pytestmark = pytest.mark.triton
 H = 2
@@ -106,7 +106,7 @@ import os, subprocess
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-import kernels.palimpsa.triton as kt
+import lifelong.kernels.palimpsa.triton as kt
 
 def compile_for(jit, pointers, scalars, consts, arch):
     fn = jit.fn if isinstance(jit, triton.runtime.autotuner.Autotuner) else jit

@@ -6,7 +6,7 @@ import pytest
 import torch
 from _tolerances import TOL_CHUNKED, TOL_GATE_GRAD, TOL_RECURRENT, assert_close_rms
 
-from kernels.ttt import (
+from lifelong.kernels.ttt import (
     TTTState,
     ln_fwd,
     ttt_linear,

@@ -8,14 +8,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.attention import KVCache
-from kernels.gated_linear.reference import linear_attn_reference
-from kernels.attention.lola_select import feature_map
-from memory_layers.base import state_nbytes
-from memory_layers.lola import LoLA
-from memory_layers.registry import build_mixer, load_memory_config
-from memory_layers.sliding_window import SlidingWindowAttention
-from memory_layers.softmax_attention import SoftmaxAttention
+from lifelong.kernels.attention import KVCache
+from lifelong.kernels.gated_linear.reference import linear_attn_reference
+from lifelong.kernels.attention.lola_select import feature_map
+from lifelong.memory_layers.base import state_nbytes
+from lifelong.memory_layers.lola import LoLA
+from lifelong.memory_layers.registry import build_mixer, load_memory_config
+from lifelong.memory_layers.sliding_window import SlidingWindowAttention
+from lifelong.memory_layers.softmax_attention import SoftmaxAttention
 from _tolerances import TOL_RECURRENT, assert_close_rms
 
 D, HEADS = 32, 4

@@ -13,8 +13,8 @@ import pytest
 import torch
 from _tolerances import TOL_CHUNKED, rel_rms
 
-from memory_layers.base import MemoryMixer, clone_state, state_nbytes, tree_leaves, tree_map
-from memory_layers.registry import available_mixers, build_mixer, load_memory_config
+from lifelong.memory_layers.base import MemoryMixer, clone_state, state_nbytes, tree_leaves, tree_map
+from lifelong.memory_layers.registry import available_mixers, build_mixer, load_memory_config
 
 D_MODEL = 64
 T = 63

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from memory_layers.gated_deltanet import LOG_DECAY_MIN, DeltaState, GatedDeltaNet
-from memory_layers.registry import build_mixer, load_memory_config
+from lifelong.memory_layers.gated_deltanet import LOG_DECAY_MIN, DeltaState, GatedDeltaNet
+from lifelong.memory_layers.registry import build_mixer, load_memory_config
 
 D, H = 32, 4
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from memory_layers.base import clone_state
-from memory_layers.gla import GLA
-from memory_layers.linear_attention import LinearAttention
-from memory_layers.mamba2 import GLAState, Mamba2
-from memory_layers.registry import build_mixer, load_memory_config
+from lifelong.memory_layers.base import clone_state
+from lifelong.memory_layers.gla import GLA
+from lifelong.memory_layers.linear_attention import LinearAttention
+from lifelong.memory_layers.mamba2 import GLAState, Mamba2
+from lifelong.memory_layers.registry import build_mixer, load_memory_config
 
 D, H = 32, 4
 DH = D // H
@@ -176,7 +176,7 @@ def test_linear_attention_features_are_positive_so_the_normaliser_is():
 
 def test_linear_attention_output_does_not_depend_on_the_scale_of_the_query_features():
     """o = S^T phi(q) / z^T phi(q): scaling phi(q) leaves it unchanged, so there is no 1/sqrt(K)."""
-    from kernels.gated_linear import linear_attn
+    from lifelong.kernels.gated_linear import linear_attn
 
     q, k, v = torch.rand(1, 8, 2, 4) + 0.1, torch.rand(1, 8, 2, 4) + 0.1, torch.randn(1, 8, 2, 4)
     o1, _ = linear_attn(q, k, v, None)
@@ -208,7 +208,7 @@ def warm_any(mixer):
 
 
 def test_feature_map_is_elu_plus_one():
-    from memory_layers.linear_attention import elu_feature_map
+    from lifelong.memory_layers.linear_attention import elu_feature_map
 
     x = torch.linspace(-15, 15, 301)
     torch.testing.assert_close(elu_feature_map(x), F.elu(x) + 1)

@@ -6,10 +6,10 @@ import pytest
 import torch
 from _tolerances import rel_rms
 
-from kernels.palimpsa import PalimpsaState
-from memory_layers.mamba2 import Mamba2
-from memory_layers.palimpsa import Palimpsa
-from memory_layers.registry import build_mixer, load_memory_config
+from lifelong.kernels.palimpsa import PalimpsaState
+from lifelong.memory_layers.mamba2 import Mamba2
+from lifelong.memory_layers.palimpsa import Palimpsa
+from lifelong.memory_layers.registry import build_mixer, load_memory_config
 
 D, H, T = 32, 4, 37
 

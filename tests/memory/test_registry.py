@@ -1,7 +1,7 @@
 """Building mixers from their configs."""
 import pytest
 
-from memory_layers.registry import available_mixers, build_backbone, load_memory_config
+from lifelong.memory_layers.registry import available_mixers, build_backbone, load_memory_config
 
 
 def test_unknown_mixer_names_the_valid_choices():

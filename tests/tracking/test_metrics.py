@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from tracking import metrics as M
+from lifelong.tracking import metrics as M
 
 # Classic GEM setting: task k learned in block k. Worked answers in each test.
 R3 = np.array([

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tracking.plasticity import ActivityBuffer, feature_effective_rank, gradient_norm, weight_magnitude
+from lifelong.tracking.plasticity import ActivityBuffer, feature_effective_rank, gradient_norm, weight_magnitude
 
 
 def test_unit_active_on_at_most_one_percent_of_the_window_is_dormant():

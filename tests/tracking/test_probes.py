@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from memory_layers.base import tree_leaves
-from tracking.probes import run_probe
+from lifelong.memory_layers.base import tree_leaves
+from lifelong.tracking.probes import run_probe
 
 from tracking_fakes import FakeAct, FakeAgent, make_corridor
 
@@ -80,11 +80,11 @@ def test_probe_rejects_zero_episodes(fake_agent):
 
 
 def test_probe_with_the_real_agent_and_stream_leaves_the_lifetime_memory_untouched():
-    pytest.importorskip("agents.policy")
-    envs_make = pytest.importorskip("envs.make")
+    pytest.importorskip("lifelong.agents.policy")
+    envs_make = pytest.importorskip("lifelong.envs.make")
     from omegaconf import OmegaConf
 
-    from agents.policy import LifelongAgent
+    from lifelong.agents.policy import LifelongAgent
 
     stream_cfg = envs_make.load_stream_config("smoke")
     env = envs_make.make_stream(stream_cfg, seed=0)

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tracking.report import FIGURES, compare_runs, display_table, find_run_dirs
-from tracking.tracker import Tracker
+from lifelong.tracking.report import FIGURES, compare_runs, display_table, find_run_dirs
+from lifelong.tracking.tracker import Tracker
 
 TASKS = ["DoorKey", "Lava", "Memory"]
 SCHEDULE = ["DoorKey", "Lava", "Memory", "DoorKey", "Lava", "Memory"]

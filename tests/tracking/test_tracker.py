@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.plugins.custom_scalar import layout_pb2
 
-from tracking.tracker import Tracker, apply_reference_runs
+from lifelong.tracking.tracker import Tracker, apply_reference_runs
 
 HP = {"mixer": "gated_deltanet", "d_model": 32, "num_layers": 2, "stream": "smoke", "seed": 0, "ppo": {"lr": 3e-4}}
 SCHEDULE = [("A", 1), ("B", 1), ("A", 2)]

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from gymnasium import spaces
 
-from memory_layers.base import State
+from lifelong.memory_layers.base import State
 
 
 class FakeState(NamedTuple):
