@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -31,8 +32,11 @@ def _run(args: list[str], cwd: Path, timeout: float = 900) -> subprocess.Complet
 def installed(tmp_path_factory) -> tuple[Path, Path]:
     """(venv bin folder, a work folder outside the checkout) with the wheel installed."""
     work = tmp_path_factory.mktemp("wheel")
+    source = work / "source"  # a clean copy: building in the checkout would leave build/ there
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "runs", "outputs", "multirun"))
     dist = work / "dist"
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)], cwd=work)
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(source)], cwd=work)
     wheel = next(dist.glob("lifelong-*.whl"))
     venv = work / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], cwd=work)
