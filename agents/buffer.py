@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lifelong.memory_layers.base import tree_map
+from lifelong.memory_layers.state import tree_map
 
 Memory = tuple
 

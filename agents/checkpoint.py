@@ -1,35 +1,21 @@
-"""Atomic checkpoints: write to a temporary file in the same folder, then ``os.replace``.
-
-A kill during a write leaves the previous checkpoint intact (DESIGN.md section 10, reliability).
+"""Checkpoints written atomically (``lifelong.fileio``): a kill during a write leaves the previous
+checkpoint intact (DESIGN.md section 10, reliability); the global RNG states that go into them.
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from lifelong.fileio import atomic_write
+
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` (a state_dict of tensors, numbers, lists, dicts) to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -15,8 +15,9 @@ import torch.nn as nn
 from gymnasium import spaces
 
 from lifelong.agents.encoders import ObservationEncoder, build_encoder
-from lifelong.memory_layers.base import Backbone, tree_leaves, tree_map
+from lifelong.memory_layers.backbone import Backbone
 from lifelong.memory_layers.registry import build_backbone
+from lifelong.memory_layers.state import tree_leaves, tree_map
 
 Memory = tuple  # one mixer state per layer
 
@@ -50,7 +51,7 @@ class LifelongAgent(nn.Module):
         memory_cfg: Any,
         d_model: int,
         num_layers: int,
-        mlp_ratio: float = 2.0,
+        mlp_ratio: float,
     ) -> None:
         super().__init__()
         if not isinstance(action_space, spaces.Discrete) or action_space.start != 0:

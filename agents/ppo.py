@@ -6,15 +6,17 @@ time, so every minibatch replays whole segments from their own start state.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn as nn
+from omegaconf import OmegaConf
 
 from lifelong.agents.buffer import RolloutBuffer
 from lifelong.agents.policy import LifelongAgent
-from lifelong.memory_layers.base import tree_map
+from lifelong.config_files import group_dir
+from lifelong.memory_layers.state import tree_map
 
 NONFINITE_HINT = (
     "Likely fixes: lower agent.lr (e.g. agent.lr=1e-4), lower agent.max_grad_norm, lower the memory's "
@@ -29,28 +31,29 @@ class NonFiniteError(FloatingPointError):
 
 @dataclass
 class PPOConfig:
-    """PPO hyper-parameters (``configs/agent/ppo.yaml``)."""
+    """PPO hyper-parameters: the keys of ``configs/agent/ppo.yaml``, which holds their defaults."""
 
-    lr: float = 3.0e-4
-    adam_eps: float = 1.0e-5
-    weight_decay: float = 0.0
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_coef: float = 0.2
-    clip_vloss: bool = True
-    ent_coef: float = 0.01
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    update_epochs: int = 4
-    num_minibatches: int = 1
-    norm_adv: bool = True
-    target_kl: float | None = None
+    lr: float
+    adam_eps: float
+    weight_decay: float
+    gamma: float
+    gae_lambda: float
+    clip_coef: float
+    clip_vloss: bool
+    ent_coef: float
+    vf_coef: float
+    max_grad_norm: float
+    update_epochs: int
+    num_minibatches: int
+    norm_adv: bool
+    target_kl: float | None
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any]) -> "PPOConfig":
-        """Pick this class's fields from an agent config (other keys, e.g. d_model, are ignored)."""
-        names = cls.__dataclass_fields__.keys()
-        return cls(**{k: cfg[k] for k in names if k in cfg})
+        """This class's fields from an agent config (other keys, e.g. d_model, are ignored); a field
+        the config leaves out takes its value from the shipped ``configs/agent/ppo.yaml``."""
+        merged = OmegaConf.merge(OmegaConf.load(group_dir("agent") / "ppo.yaml"), cfg)
+        return cls(**{f.name: merged[f.name] for f in fields(cls)})
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -134,7 +137,7 @@ class FeatureSampler:
 class PPOLearner:
     """Owns the optimizer; :meth:`update` runs the PPO epochs on one full segment."""
 
-    def __init__(self, agent: LifelongAgent, cfg: PPOConfig, compile: bool = False, seed: int = 0) -> None:
+    def __init__(self, agent: LifelongAgent, cfg: PPOConfig, *, compile: bool, seed: int) -> None:
         self.agent = agent
         self.cfg = cfg
         params = [p for p in agent.parameters() if p.requires_grad]

@@ -146,7 +146,8 @@ def _la(out):
 def model_flops(op: str, B: int, T: int, H: int, D: int, bwd: bool, chunk: int = CHUNK) -> float:
     """FLOPs of the chunked algorithm (matmuls only): per token and head, the intra-chunk scores and
     their product with V (2 * C * (K + V)), the state read and update (4 K V); the WY transform of
-    the delta rule adds K K^T, W, U and W h (2 C K + 2 C (K + V) + 2 K V). Backward ~ 2x forward."""
+    the delta rule adds K K^T, W, U and W h (2 C K + 2 C (K + V) + 2 K V). The backward counts as
+    twice the forward."""
     K = V = D
     per_token = 2 * chunk * (K + V) + 4 * K * V
     if op in ("gated_delta_rule", "delta_rule"):
@@ -180,6 +181,13 @@ def bench(fn: Callable[[], None], device: torch.device, reps: int) -> float:
 
 
 def run_case(op: str, impl: str, B: int, T: int, H: int, D: int, dtype, device, reps: int) -> list[Row]:
+    rows = _time_case(op, impl, B, T, H, D, dtype, device, reps)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the case's tensors died with _time_case's frame
+    return rows
+
+
+def _time_case(op: str, impl: str, B: int, T: int, H: int, D: int, dtype, device, reps: int) -> list[Row]:
     x = make_inputs(op, B, T, H, D, dtype, device)
     call = make_call(op, impl, x)
     leaves = list(x.values())
@@ -206,9 +214,6 @@ def run_case(op: str, impl: str, B: int, T: int, H: int, D: int, dtype, device, 
             tflops=model_flops(op, B, T, H, D, bwd) / ms / 1e9,
             gbs=model_bytes(x, bwd) / ms / 1e6,
         ))
-    del x, leaves
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return rows
 
 

@@ -80,7 +80,9 @@ def families() -> dict[str, tuple[Callable, Callable, Callable[[int, int, int, i
     table["ttt_linear"] = (ttt_linear_chunk, ttt_linear_reference, ttt)
     table["softmax_attn"] = (softmax_attn_chunk, softmax_attn_reference, attention())
     table["sliding_window (64)"] = (sliding_window_attn_chunk, sliding_window_attn_reference, attention(window=64))
-    lola = attention(window=16, cache_size=16, gate=torch.full((4,), 0.5))
+    def lola(B, T, H, D):
+        return _qkv(B, T, H, D), {"window": 16, "cache_size": 16, "gate": torch.full((H,), 0.5)}
+
     table["lola (16, 16)"] = (lola_attn_chunk, lola_attn_reference, lola)
     return table
 

@@ -57,9 +57,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from lifelong.agents.buffer import RolloutBuffer
-    from lifelong.agents.loop import RolloutCollector
     from lifelong.agents.policy import LifelongAgent
     from lifelong.agents.ppo import PPOConfig, PPOLearner
+    from lifelong.agents.rollout import RolloutCollector
     from lifelong.envs.make import make_vector_env
     from lifelong.memory_layers.registry import load_memory_config
 
@@ -67,11 +67,12 @@ def main() -> None:
     device = torch.device(args.device)
     env = make_vector_env(OmegaConf.create(DOORKEY_STREAM), args.num_envs, seed=0)
     agent = LifelongAgent(env.single_observation_space, env.single_action_space, load_memory_config(args.memory),
-                          args.d_model, args.layers).to(device)
+                          args.d_model, args.layers, 2.0).to(device)
     if args.compile:
         agent.compile_acting()
-    learner = PPOLearner(agent, PPOConfig(lr=args.lr, update_epochs=args.epochs), compile=args.compile)
-    collector = RolloutCollector(env, agent, device=device, acting_threads=args.acting_threads or None)
+    learner = PPOLearner(agent, PPOConfig.from_cfg({"lr": args.lr, "update_epochs": args.epochs}), compile=args.compile,
+                         seed=0)
+    collector = RolloutCollector(env, agent, "never", device, acting_threads=args.acting_threads or None)
     collector.reset(seed=0)
     buf = RolloutBuffer(args.num_envs, args.segment, device)
 

@@ -1,15 +1,7 @@
 """Building streams from ``configs/stream/<name>.yaml``: the entry points other packages call.
 
-A stream config (a Hydra group file; a DictConfig or a plain dict)::
-
-    name: smoke
-    unit: steps              # what block durations count: steps | episodes
-    steps_per_task: 200      # default block duration (episodes_per_task when unit: episodes)
-    expose_task_id: false    # add the task id to the observation
-    recall_vocab: null       # recall streams: {num_keys, num_values} shared by every task
-    tasks: {<name>: {env_id: ..., shifts: [...]} | {recall: {num_pairs, gap}}}
-    schedule: {type, order, cycles, durations, duration_range, seed}   # see envs.schedules
-
+A stream config (a Hydra group file; a DictConfig or a plain dict) is validated by
+:class:`~envs.stream_config.StreamConfig`, which documents every key and holds the defaults.
 Invalid configs raise ``ValueError`` with one line naming the valid choices, before any env steps.
 """
 from __future__ import annotations
@@ -17,16 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import gymnasium as gym
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from lifelong.config_files import group_choices, group_dir
 from lifelong.envs.schedules import Schedule, build_schedule
 from lifelong.envs.stream import StreamEnv
-from lifelong.envs.tasks import TaskSpec, to_plain, parse_tasks
+from lifelong.envs.stream_config import RecallVocab, StreamConfig, TaskSpec
 
-STREAM_KEYS = {"name", "description", "unit", "steps_per_task", "episodes_per_task", "expose_task_id",
-               "recall_vocab", "tasks", "schedule"}
 PROBE_DURATION = 1 << 62  # a single-task probe env never switches
 
 
@@ -39,7 +28,7 @@ class StreamSpec:
     schedule: Schedule
     task_names: list[str]
     expose_task_id: bool
-    recall_vocab: dict[str, int] | None
+    recall_vocab: RecallVocab | None  # num_keys resolved; None when no task is a recall task
 
 
 def available_streams() -> list[str]:
@@ -57,48 +46,37 @@ def load_stream_config(name: str):
     return OmegaConf.load(path)
 
 
-def _recall_vocab(raw: Any, tasks: dict[str, TaskSpec]) -> dict[str, int] | None:
-    recall_tasks = [t for t in tasks.values() if t.recall is not None]
-    if not recall_tasks:
-        if raw:
+def _recall_vocab(config: StreamConfig) -> RecallVocab | None:
+    """The stream's recall vocabulary with ``num_keys`` resolved (None without recall tasks)."""
+    pairs = [t.recall.num_pairs for t in config.tasks.values() if t.recall is not None]
+    if not pairs:
+        if config.recall_vocab is not None:
             raise ValueError("`recall_vocab` is set but no task is a recall task: remove it or add recall tasks")
         return None
-    raw = dict(raw or {})
-    bad = set(raw) - {"num_keys", "num_values"}
-    if bad:
-        raise ValueError(f"recall_vocab has unknown key(s) {sorted(bad)}: allowed are ['num_keys', 'num_values']")
-    most = max(t.recall["num_pairs"] for t in recall_tasks)
-    vocab = {"num_keys": int(raw.get("num_keys") or most), "num_values": int(raw.get("num_values") or 8)}
-    if vocab["num_keys"] < most:
+    vocab = config.recall_vocab or RecallVocab()
+    most = max(pairs)
+    num_keys = most if vocab.num_keys is None else vocab.num_keys
+    if num_keys < most:
         raise ValueError(
-            f"recall_vocab.num_keys={vocab['num_keys']} is smaller than the largest num_pairs={most}: "
+            f"recall_vocab.num_keys={num_keys} is smaller than the largest num_pairs={most}: "
             f"raise num_keys to at least {most}"
         )
-    if vocab["num_values"] < 2:
-        raise ValueError(f"recall_vocab.num_values must be >= 2, got {vocab['num_values']}")
-    return vocab
+    if vocab.num_values < 2:
+        raise ValueError(f"recall_vocab.num_values must be >= 2, got {vocab.num_values}")
+    return RecallVocab(num_keys=num_keys, num_values=vocab.num_values)
 
 
 def validate_stream_config(stream_cfg: Any) -> StreamSpec:
     """Check a stream config without building or stepping any env; return its :class:`StreamSpec`."""
-    cfg = to_plain(stream_cfg)
-    if not isinstance(cfg, dict):
-        raise ValueError(f"a stream config must be a mapping (configs/stream/<name>.yaml), got {type(cfg).__name__}")
-    name = str(cfg.get("name") or "stream")
-    unknown = set(cfg) - STREAM_KEYS
-    if unknown:
-        raise ValueError(f"stream {name!r}: unknown key(s) {sorted(unknown)}: allowed are {sorted(STREAM_KEYS)}")
+    config = StreamConfig.parse(stream_cfg)
     try:
-        tasks = parse_tasks(cfg.get("tasks"))
-        unit = str(cfg.get("unit", "steps"))
-        default = cfg.get("steps_per_task") if unit == "steps" else cfg.get("episodes_per_task")
-        schedule = build_schedule(cfg.get("schedule") or {}, list(tasks), unit, default)
-        recall_vocab = _recall_vocab(cfg.get("recall_vocab"), tasks)
+        schedule = build_schedule(config.schedule, list(config.tasks), config.unit, config.block_duration)
+        recall_vocab = _recall_vocab(config)
     except ValueError as error:
-        raise ValueError(f"stream {name!r}: {error}") from None
+        raise ValueError(f"stream {config.name!r}: {error}") from None
     task_names = list(dict.fromkeys(t for t, _ in schedule.blocks))
-    return StreamSpec(name=name, tasks=tasks, schedule=schedule, task_names=task_names,
-                      expose_task_id=bool(cfg.get("expose_task_id", False)), recall_vocab=recall_vocab)
+    return StreamSpec(name=config.name, tasks=config.tasks, schedule=schedule, task_names=task_names,
+                      expose_task_id=config.expose_task_id, recall_vocab=recall_vocab)
 
 
 def make_stream(stream_cfg: Any, seed: int) -> StreamEnv:
@@ -144,26 +122,3 @@ def describe_streams() -> list[dict[str, Any]]:
         rows.append({"name": name, "tasks": spec.task_names, "blocks": len(spec.schedule.blocks),
                      "schedule_length": spec.schedule.length, "unit": spec.schedule.unit})
     return rows
-
-
-def vector_state_dict(vec: SyncVectorEnv) -> dict[str, Any]:
-    """Checkpoint of a vector env of streams: every stream's state and the pending autoresets."""
-    return {"streams": [env.state_dict() for env in vec.envs],
-            "autoreset": [bool(x) for x in vec._autoreset_envs]}
-
-
-def load_vector_state_dict(vec: SyncVectorEnv, state: dict[str, Any]) -> None:
-    """Restore :func:`vector_state_dict` into a vector env built from the same config and size."""
-    if len(state["streams"]) != len(vec.envs):
-        raise ValueError(f"vector state has {len(state['streams'])} streams, the env {len(vec.envs)}: use num_envs equal")
-    for env, sd in zip(vec.envs, state["streams"]):
-        env.load_state_dict(sd)
-    vec._autoreset_envs[:] = state["autoreset"]
-
-
-def stream_of(env: gym.Env) -> StreamEnv:
-    """The :class:`StreamEnv` under ``env`` (for callers holding a wrapped stream)."""
-    inner = env.unwrapped
-    if not isinstance(inner, StreamEnv):
-        raise TypeError(f"{type(inner).__name__} is not a StreamEnv")
-    return inner

@@ -28,12 +28,15 @@ FILLER = 0
 
 
 class AssociativeRecallEnv(gym.Env):
-    """Key/value pairs, a gap, then queries; reward for recalling the stored value."""
+    """Key/value pairs, a gap, then queries; reward for recalling the stored value.
+
+    ``num_queries`` stored keys are queried (None: every one); a stream sets the parameters from its
+    config (``envs.stream_config``: ``RecallTask`` and ``RecallVocab``).
+    """
 
     metadata = {"render_modes": []}
 
-    def __init__(self, num_pairs: int, gap: int = 0, num_keys: int = 16, num_values: int = 8,
-                 num_queries: int | None = None) -> None:
+    def __init__(self, num_pairs: int, gap: int, num_keys: int, num_values: int, num_queries: int | None) -> None:
         if num_keys < 1 or num_values < 2:
             raise ValueError(f"recall needs num_keys >= 1 and num_values >= 2, got {num_keys}, {num_values}")
         if not 1 <= num_pairs <= num_keys:

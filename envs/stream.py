@@ -21,7 +21,8 @@ import numpy as np
 from gymnasium import spaces
 
 from lifelong.envs.schedules import Schedule
-from lifelong.envs.tasks import TaskSpec, build_task_env
+from lifelong.envs.stream_config import RecallVocab, TaskSpec
+from lifelong.envs.tasks import build_task_env
 
 STATE_VERSION = 1
 
@@ -34,21 +35,20 @@ class StreamEnv(gym.Env):
         schedule: one pass of blocks.
         seed: the seed used by the first ``reset()`` when none is given.
         expose_task_id: add ``task_id = Discrete(len(task_names))`` to the observation.
-        task_names: the id order of the tasks (default: order of first appearance in the schedule);
-            a single-task probe env passes the full stream's order so ids match.
-        recall_vocab: ``{num_keys, num_values}`` shared by every recall task.
+        task_names: the id order of the tasks, each scheduled task included (a stream: order of first
+            appearance in the schedule; a single-task probe env: the full stream's order, so ids match).
+        recall_vocab: the vocabulary shared by every recall task (None without recall tasks).
         name: the stream's name (for messages).
     """
 
     metadata = {"render_modes": []}
 
-    def __init__(self, tasks: dict[str, TaskSpec], schedule: Schedule, seed: int = 0,
-                 expose_task_id: bool = False, task_names: list[str] | None = None,
-                 recall_vocab: dict[str, int] | None = None, name: str = "stream") -> None:
+    def __init__(self, tasks: dict[str, TaskSpec], schedule: Schedule, *, seed: int, expose_task_id: bool,
+                 task_names: list[str], recall_vocab: RecallVocab | None, name: str) -> None:
         if not schedule.blocks:
             raise ValueError(f"stream {name!r}: the schedule is empty: give schedule.order a task name")
         scheduled = list(dict.fromkeys(task for task, _ in schedule.blocks))
-        self.task_names: list[str] = list(task_names) if task_names is not None else scheduled
+        self.task_names: list[str] = list(task_names)
         missing = [t for t in scheduled if t not in self.task_names or t not in tasks]
         if missing:
             raise ValueError(f"stream {name!r}: schedule names undefined task(s) {missing}: define them under `tasks`")
@@ -104,7 +104,6 @@ class StreamEnv(gym.Env):
         self._episode_return = 0.0
         self._episode_length = 0
         self._needs_reset = True
-        self._steps = 0                      # env steps in this lifetime (for diagnostics)
 
     # ---- position --------------------------------------------------------------------------
     def _block_end(self, block: int) -> int:
@@ -122,11 +121,6 @@ class StreamEnv(gym.Env):
     @property
     def task_name(self) -> str:
         return self.task_names[self.task_id]
-
-    @property
-    def lifetime_steps(self) -> int:
-        """Env steps taken in this lifetime (resets excluded)."""
-        return self._steps
 
     def _info(self, switch: bool) -> dict[str, Any]:
         tid = self.task_id
@@ -169,7 +163,6 @@ class StreamEnv(gym.Env):
             raise RuntimeError(f"stream {self.name!r}: call reset() before step() (the episode has ended)")
         obs, reward, terminated, truncated, inner = self._envs[self.task_id].step(action)
         reward = float(reward)
-        self._steps += 1
         self._episode_return += reward
         self._episode_length += 1
         info = self._info(False)
@@ -205,7 +198,6 @@ class StreamEnv(gym.Env):
             "unit": self.duration_unit,
             "block": self._block,
             "units": self._units,
-            "steps": self._steps,
             "visits": list(self._visits),
             "started": self._started,
             "pending_seeds": list(self._pending_seeds),
@@ -229,7 +221,6 @@ class StreamEnv(gym.Env):
             )
         self._block = int(state["block"])
         self._units = int(state["units"])
-        self._steps = int(state["steps"])
         self._visits = [int(v) for v in state["visits"]]
         self._started = bool(state["started"])
         self._pending_seeds = [None if s is None else int(s) for s in state["pending_seeds"]]

@@ -56,16 +56,16 @@ def _run_app() -> None:
     def run_lifetime(cfg: DictConfig) -> float | None:
         from hydra.core.hydra_config import HydraConfig
 
-        from lifelong.agents.loop import Lifetime
+        from lifelong.agents.build import build_lifetime
         from lifelong.summary import print_run_summary
 
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
-            lifetime = Lifetime(cfg, run_dir)
+            lifetime = build_lifetime(cfg, run_dir)
         except (ValueError, TypeError) as error:  # bad configuration: say so before any work
             fail(str(error))
         summary = lifetime.run(progress=bool(cfg.progress))
-        if cfg.get("reference"):  # before printing, so the table shows the forward transfer
+        if cfg.reference:  # before printing, so the table shows the forward transfer
             from lifelong.agents.reference import run_reference_lifetimes
             from lifelong.tracking.tracker import apply_reference_runs
 

@@ -19,7 +19,7 @@ def _fmt(value: Any) -> str:
 
 def print_run_summary(summary: dict[str, Any], run_dir: Path, console: Console) -> None:
     """The end-of-run report of ``lifelong run``: per-task results, CL figures, TensorBoard command."""
-    tasks: dict[str, dict[str, Any]] = summary.get("tasks", {})
+    tasks: dict[str, dict[str, Any]] = summary["tasks"]
     if tasks:  # one row per figure, one column per task: stays readable with many figures
         figures_per_task = sorted({key for row in tasks.values() for key, v in row.items() if not isinstance(v, (dict, list))})
         table = Table(title="per-task results")
@@ -29,7 +29,7 @@ def print_run_summary(summary: dict[str, Any], run_dir: Path, console: Console) 
         for figure in figures_per_task:
             table.add_row(figure, *(_fmt(row.get(figure)) for row in tasks.values()))
         console.print(table)
-    figures = {k: v for k, v in summary.get("cl", {}).items() if not isinstance(v, (dict, list))}
+    figures = {k: v for k, v in summary["cl"].items() if not isinstance(v, (dict, list))}
     if figures:
         console.print("  ".join(f"{k}={_fmt(v)}" for k, v in figures.items()))
     run_dir = Path(run_dir).resolve()

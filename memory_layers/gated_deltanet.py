@@ -2,9 +2,9 @@
 
 Per head: S_t = alpha_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T, o_t = S_t^T q_t / sqrt(K):
 one online gradient step on ||S^T k_t - v_t||^2 with step size beta_t, after a decay alpha_t.
-Projections: q, k, v = SiLU(linear(x)) with q, k L2-normalised per head; beta = sigmoid(b_proj(x))
+Projections: q, k, v = SiLU(linear(x)) with q, k L2-normalised per head; beta = sigmoid(beta_proj(x))
 (x2 with ``allow_neg_eigval``, so I - beta k k^T may have a negative eigenvalue); log alpha =
-g = -exp(A_log) * softplus(a_proj(x) + dt_bias) (Mamba2 parametrisation). The head outputs go
+g = -exp(A_log) * softplus(dt_proj(x) + dt_bias) (Mamba2 parametrisation). The head outputs go
 through a per-head RMSNorm, a SiLU output gate and ``o_proj``.
 """
 from __future__ import annotations
@@ -15,9 +15,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lifelong.kernels.backend import BACKENDS
 from lifelong.kernels.delta_rule import gated_delta_rule, gated_delta_rule_step
-from lifelong.memory_layers.base import HeadRMSNorm, MemoryMixer, mamba_a_log, mamba_dt_bias
+from lifelong.kernels.utils.backend import BACKENDS
+from lifelong.memory_layers.modules import HeadRMSNorm, mamba_a_log, mamba_dt_bias
+from lifelong.memory_layers.protocol import MemoryMixer
 
 #: Floor of the per-token log decay. exp(-20) ~ 2e-9 already forgets everything; the floor keeps
 #: the in-chunk cumulative sums small enough for fp32 differences to stay accurate.
@@ -55,12 +56,12 @@ class GatedDeltaNet(MemoryMixer):
         self.q_proj = nn.Linear(d, d, bias=False)
         self.k_proj = nn.Linear(d, d, bias=False)
         self.v_proj = nn.Linear(d, d, bias=False)
-        self.b_proj = nn.Linear(d, h)
+        self.beta_proj = nn.Linear(d, h)
         if use_gate:
-            self.a_proj = nn.Linear(d, h, bias=False)
+            self.dt_proj = nn.Linear(d, h, bias=False)
             self.A_log = nn.Parameter(mamba_a_log(h))
             self.dt_bias = nn.Parameter(mamba_dt_bias(h))
-        self.g_proj = nn.Linear(d, d, bias=False)  # SiLU output gate
+        self.gate_proj = nn.Linear(d, d, bias=False)  # SiLU output gate
         self.o_norm = HeadRMSNorm(h, self.head_dim)
         self.o_proj = nn.Linear(d, d, bias=False)
 
@@ -70,18 +71,18 @@ class GatedDeltaNet(MemoryMixer):
         q = F.normalize(self.split_heads(F.silu(self.q_proj(x))), dim=-1, eps=1e-6)
         k = F.normalize(self.split_heads(F.silu(self.k_proj(x))), dim=-1, eps=1e-6)
         v = self.split_heads(F.silu(self.v_proj(x)))
-        beta = torch.sigmoid(self.b_proj(x))
+        beta = torch.sigmoid(self.beta_proj(x))
         if self.allow_neg_eigval:
             beta = beta * 2.0
         g = None
         if self.use_gate:
-            g = -self.A_log.exp() * F.softplus(self.a_proj(x) + self.dt_bias)
+            g = -self.A_log.exp() * F.softplus(self.dt_proj(x) + self.dt_bias)
             g = g.clamp_min(LOG_DECAY_MIN)
         return q, k, v, g, beta
 
     def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Head outputs o ``[..., H, V]`` and input x ``[..., D]`` -> y ``[..., D]``."""
-        gate = F.silu(self.g_proj(x)).view(o.shape)
+        gate = F.silu(self.gate_proj(x)).view(o.shape)
         return self.o_proj((self.o_norm(o) * gate).flatten(-2))
 
     # ---- protocol ----------------------------------------------------------------------------

@@ -13,8 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lifelong.kernels.gated_linear import gla, gla_step
-from lifelong.memory_layers.base import HeadRMSNorm
 from lifelong.memory_layers.mamba2 import GatedLinearMixer
+from lifelong.memory_layers.modules import HeadRMSNorm
 
 
 class GLA(GatedLinearMixer):
@@ -50,7 +50,7 @@ class GLA(GatedLinearMixer):
         self.q_proj = nn.Linear(d, d, bias=False)
         self.k_proj = nn.Linear(d, d, bias=False)
         self.v_proj = nn.Linear(d, d, bias=False)
-        self.gk_proj = nn.Sequential(nn.Linear(d, gate_low_rank_dim, bias=False), nn.Linear(gate_low_rank_dim, d))
+        self.g_proj = nn.Sequential(nn.Linear(d, gate_low_rank_dim, bias=False), nn.Linear(gate_low_rank_dim, d))
         self.gate_proj = nn.Linear(d, d, bias=False)
         self.o_norm = HeadRMSNorm(num_heads, self.head_dim)
         self.o_proj = nn.Linear(d, d, bias=False)
@@ -60,5 +60,5 @@ class GLA(GatedLinearMixer):
         q = self.split_heads(self.q_proj(x))
         k = self.split_heads(self.k_proj(x))
         v = self.split_heads(self.v_proj(x))
-        g = self.split_heads(F.logsigmoid(self.gk_proj(x))) / self.gate_normalizer
+        g = self.split_heads(F.logsigmoid(self.g_proj(x))) / self.gate_normalizer
         return q, k, v, g

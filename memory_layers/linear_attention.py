@@ -11,16 +11,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from lifelong.kernels.gated_linear import LinearAttnState, linear_attn, linear_attn_step
-from lifelong.memory_layers.base import HeadRMSNorm, MemoryMixer
-
-
-def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
-    """``elu(x) + 1``, elementwise, computed as ``exp(min(x, 0)) + relu(x)``: unlike ``F.elu(x) + 1``
-    (``expm1(x) + 1`` rounds to 0 below x ~ -17 in fp32) it stays > 0 down to x ~ -87."""
-    return x.clamp(max=0.0).exp() + F.relu(x)
+from lifelong.kernels.utils.feature_maps import elu_feature_map
+from lifelong.memory_layers.modules import HeadRMSNorm
+from lifelong.memory_layers.protocol import MemoryMixer
 
 
 class LinearAttention(MemoryMixer):

@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 
 from lifelong.kernels.attention import SELECTIONS, LoLAState, empty_lola_state, lola_attn, lola_attn_step
-from lifelong.memory_layers.base import effective_rank, state_nbytes
 from lifelong.memory_layers.softmax_attention import AttentionProjections
+from lifelong.memory_layers.state import effective_rank, state_nbytes
 
 
 class LoLA(AttentionProjections):

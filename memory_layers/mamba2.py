@@ -17,7 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lifelong.kernels.gated_linear import simple_gla, simple_gla_step
-from lifelong.memory_layers.base import HeadRMSNorm, MemoryMixer, mamba_a_log, mamba_dt_bias
+from lifelong.memory_layers.modules import HeadRMSNorm, mamba_a_log, mamba_dt_bias
+from lifelong.memory_layers.protocol import MemoryMixer
 
 
 class GLAState(NamedTuple):

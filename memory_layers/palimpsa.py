@@ -21,8 +21,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lifelong.kernels.palimpsa import PalimpsaState, init_palimpsa_state, palimpsa, palimpsa_step
-from lifelong.memory_layers.base import effective_rank, inverse_softplus, state_nbytes
 from lifelong.memory_layers.mamba2 import Mamba2
+from lifelong.memory_layers.modules import inverse_softplus
+from lifelong.memory_layers.state import effective_rank, state_nbytes
 
 
 class Palimpsa(Mamba2):

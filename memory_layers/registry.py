@@ -8,7 +8,8 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from lifelong.config_files import group_choices, group_dir
-from lifelong.memory_layers.base import Backbone, MemoryMixer
+from lifelong.memory_layers.backbone import Backbone
+from lifelong.memory_layers.protocol import MemoryMixer
 
 #: keys of a memory config that belong to the agent, not to the mixer's constructor
 NON_CONSTRUCTOR_KEYS = ("name", "reset_on")

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 
 from lifelong.kernels.attention import WindowCache, empty_window_cache, sliding_window_attn, sliding_window_attn_step
-from lifelong.memory_layers.base import state_nbytes
 from lifelong.memory_layers.softmax_attention import AttentionProjections, _values_norm
+from lifelong.memory_layers.state import state_nbytes
 
 
 class SlidingWindowAttention(AttentionProjections):

@@ -14,8 +14,9 @@ import torch
 import torch.nn as nn
 
 from lifelong.kernels.attention import KVCache, empty_kv_cache, softmax_attn, softmax_attn_step
-from lifelong.kernels.backend import BACKENDS
-from lifelong.memory_layers.base import MemoryMixer, state_nbytes
+from lifelong.kernels.utils.backend import BACKENDS
+from lifelong.memory_layers.protocol import MemoryMixer
+from lifelong.memory_layers.state import state_nbytes
 
 
 class AttentionProjections(MemoryMixer):

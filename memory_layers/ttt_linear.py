@@ -2,7 +2,7 @@
 
 Each head holds a linear inner model trained at test time on the self-supervised loss
 1/2 ||LN(k W + b) - (v - k)||^2 by mini-batch gradient descent with a learnable per-token
-learning rate eta_t = base_lr * sigmoid(lr_proj(x_t)) / head_dim (``kernels/ttt``). The head
+learning rate eta_t = base_lr * sigmoid(eta_proj(x_t)) / head_dim (``kernels/ttt``). The head
 output is the TTT paper's residual inner model applied to the query, z = q + LN(q W_t + b_t),
 followed by a per-head RMSNorm, a SiLU output gate and ``o_proj``.
 
@@ -17,9 +17,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lifelong.kernels.backend import BACKENDS
 from lifelong.kernels.ttt import TTTState, ln_fwd, ttt_linear, ttt_linear_step
-from lifelong.memory_layers.base import HeadRMSNorm, MemoryMixer
+from lifelong.kernels.utils.backend import BACKENDS
+from lifelong.memory_layers.modules import HeadRMSNorm
+from lifelong.memory_layers.protocol import MemoryMixer
 
 LN_EPS = 1e-6
 
@@ -49,25 +50,25 @@ class TTTLinear(MemoryMixer):
         self.q_proj = nn.Linear(d, d, bias=False)
         self.k_proj = nn.Linear(d, d, bias=False)
         self.v_proj = nn.Linear(d, d, bias=False)
-        self.lr_proj = nn.Linear(d, h)
+        self.eta_proj = nn.Linear(d, h)
         self.ln_weight = nn.Parameter(torch.ones(h, hd))  # the inner model's LayerNorm
         self.ln_bias = nn.Parameter(torch.zeros(h, hd))
         self.W_init = nn.Parameter(torch.randn(h, hd, hd) * 0.02)
         self.b_init = nn.Parameter(torch.zeros(h, 1, hd))
-        self.g_proj = nn.Linear(d, d, bias=False)  # SiLU output gate
+        self.gate_proj = nn.Linear(d, d, bias=False)  # SiLU output gate
         self.o_norm = HeadRMSNorm(h, hd)
         self.o_proj = nn.Linear(d, d, bias=False)
 
     def _project(self, x: torch.Tensor):
         """x ``[..., D]`` -> q, k, v ``[..., H, hd]``, eta ``[..., H]``."""
         q, k, v = (self.split_heads(proj(x)) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        eta = self.base_lr * torch.sigmoid(self.lr_proj(x)) / self.head_dim
+        eta = self.base_lr * torch.sigmoid(self.eta_proj(x)) / self.head_dim
         return q, k, v, eta
 
     def _output(self, o: torch.Tensor, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Raw readout o and q ``[..., H, hd]``, x ``[..., D]`` -> y ``[..., D]``."""
         z = q + ln_fwd(o.unsqueeze(-2), self.ln_weight[:, None], self.ln_bias[:, None], LN_EPS).squeeze(-2)
-        gate = F.silu(self.g_proj(x)).view(z.shape)
+        gate = F.silu(self.gate_proj(x)).view(z.shape)
         return self.o_proj((self.o_norm(z) * gate).flatten(-2))
 
     def _kernel_kwargs(self) -> dict:

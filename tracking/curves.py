@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lifelong.fileio import atomic_write_text
 
 __all__ = ["EpisodeCurve", "to_jsonable", "write_json_atomic"]
 
@@ -24,7 +25,7 @@ class EpisodeCurve:
     The state is plain lists (``state_dict``) so it goes into checkpoints and ``summary.json``.
     """
 
-    def __init__(self, max_points: int = 256) -> None:
+    def __init__(self, max_points: int) -> None:
         if max_points < 2 or max_points % 2:
             raise ValueError(f"max_points must be an even number >= 2, got {max_points}")
         self.max_points = max_points
@@ -91,11 +92,6 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to a temporary file, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(to_jsonable(data), fh, indent=1, allow_nan=False)
-    os.replace(tmp, path)
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    """Write ``data`` as JSON (see :func:`to_jsonable`) to ``path`` atomically; returns ``path``."""
+    return atomic_write_text(path, json.dumps(to_jsonable(data), indent=1, allow_nan=False))

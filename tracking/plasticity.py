@@ -1,9 +1,10 @@
 """Network-plasticity diagnostics (DESIGN.md section 7): dormant units, feature effective rank,
 weight magnitude, gradient norm.
 
-A unit is *dormant* when it was active on at most ``threshold`` (1%) of the last ``window`` (1000)
-samples (Dohare et al. 2024, "Loss of plasticity in deep continual learning"). "Active" means a
-post-activation value above ``active_above`` (0: the positive side of ReLU / GELU).
+A unit is *dormant* when it was active on at most ``threshold`` of the last ``window`` samples
+(``tracker.dormant_threshold`` and ``tracker.dormant_window`` in ``configs/config.yaml``; Dohare et
+al. 2024, "Loss of plasticity in deep continual learning"). "Active" means a post-activation value
+above ``active_above`` (0: the positive side of ReLU / GELU).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from lifelong.memory_layers.base import effective_rank
+from lifelong.memory_layers.state import effective_rank
 
 __all__ = ["ActivityBuffer", "feature_effective_rank", "weight_magnitude", "gradient_norm"]
 
@@ -26,7 +27,7 @@ class ActivityBuffer:
     units active on at most ``threshold`` of the samples held.
     """
 
-    def __init__(self, window: int = 1000, threshold: float = 0.01, active_above: float = 0.0) -> None:
+    def __init__(self, window: int, threshold: float, active_above: float = 0.0) -> None:
         if window <= 0:
             raise ValueError(f"window must be a positive number of samples, got {window}")
         if not 0.0 <= threshold < 1.0:

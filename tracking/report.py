@@ -23,16 +23,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lifelong.fileio import atomic_write, atomic_write_text
 from lifelong.tracking.curves import EpisodeCurve
 from lifelong.tracking.tracker import load_reference_summaries, with_reference_transfer
 
 __all__ = ["find_run_dirs", "load_runs", "run_table", "aggregate", "display_table", "plot_compare", "compare_runs", "FIGURES"]
 
-#: Final figures compared, in table order: (column, where in summary.json).
-FIGURES: tuple[str, ...] = (
+#: The final figures of ``summary.json``'s ``cl`` section that are compared.
+_CL_FIGURES: tuple[str, ...] = (
     "acc", "forgetting", "forgetting_cw", "bwt", "fwt", "learning_accuracy", "retention",
-    "forward_transfer_cw", "revisit_forgetting", "adaptation_gain", "train_success", "dormant_frac", "sps",
+    "forward_transfer_cw", "revisit_forgetting", "adaptation_gain",
 )
+#: Every figure compared, in table order: the ``cl`` ones, then three from the per-task and last values.
+FIGURES: tuple[str, ...] = (*_CL_FIGURES, "train_success", "dormant_frac", "sps")
 _SEED_KEYS = ("seed",)
 _MIXER_KEYS = ("memory", "mixer")
 
@@ -64,8 +67,8 @@ def load_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
     runs = []
     for run_dir in find_run_dirs(run_dirs):
         summary = json.loads((run_dir / "summary.json").read_text())
-        if summary.get("cl", {}).get("forward_transfer_cw") is None and (run_dir / "reference").is_dir():
-            refs = load_reference_summaries(run_dir / "reference", summary.get("task_names", []))
+        if summary["cl"]["forward_transfer_cw"] is None and (run_dir / "reference").is_dir():
+            refs = load_reference_summaries(run_dir / "reference", summary["task_names"])
             with_reference_transfer(summary, refs)  # reference runs finished after the run: use them
         summary["run_dir"] = str(run_dir)
         runs.append(summary)
@@ -84,12 +87,10 @@ def _mixer(hparams: Mapping[str, Any]) -> str:
 
 
 def _run_figures(summary: Mapping[str, Any]) -> dict[str, float]:
-    cl = summary.get("cl", {})
-    last = summary.get("last", {})
-    tasks = summary.get("tasks", {})
+    last = summary["last"]  # the last value of every scalar written: sps only if the loop logged it
     dormant = [_num(v) for k, v in last.items() if k.startswith("plasticity/dormant_frac/")]
-    train = [_num(t.get("train_success")) for t in tasks.values()]
-    out = {name: _num(cl.get(name)) for name in FIGURES}
+    train = [_num(t["train_success"]) for t in summary["tasks"].values()]
+    out = {name: _num(summary["cl"][name]) for name in _CL_FIGURES}
     out["train_success"] = float(np.nanmean(train)) if np.isfinite(train).any() else math.nan
     out["dormant_frac"] = float(np.nanmean(dormant)) if np.isfinite(dormant).any() else math.nan
     out["sps"] = _num(last.get("charts/sps"))
@@ -114,7 +115,7 @@ def run_table(runs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     for label, summary in zip(_group_keys(runs), runs):
         hp = summary.get("hparams", {})
         rows.append({"group": label, "mixer": _mixer(hp), "stream": str(hp.get("stream", "?")),
-                     "seed": hp.get("seed"), "run_dir": summary.get("run_dir"), **_run_figures(summary)})
+                     "seed": hp.get("seed"), "run_dir": summary["run_dir"], **_run_figures(summary)})
     return pd.DataFrame(rows)
 
 
@@ -166,7 +167,7 @@ def _success_grid(summary: Mapping[str, Any], task: str, edges: np.ndarray) -> n
     """Mean training success of ``task`` in each bin of ``edges`` ``[G+1]`` -> ``[G]`` (NaN: no episode)."""
     sums = np.zeros(len(edges) - 1)
     counts = np.zeros(len(edges) - 1)
-    for block in summary.get("blocks", []):
+    for block in summary["blocks"]:
         if block["task"] != task:
             continue
         arr = EpisodeCurve.from_state_dict(block["curve"]).arrays()
@@ -186,19 +187,19 @@ def plot_compare(runs: Sequence[Mapping[str, Any]], per_run: pd.DataFrame, table
     import matplotlib.pyplot as plt
 
     groups = list(table.index)
-    task_names: list[str] = list(dict.fromkeys(t for r in runs for t in r.get("task_names", [])))
+    task_names: list[str] = list(dict.fromkeys(t for r in runs for t in r["task_names"]))
     colors = {t: plt.get_cmap("tab10")(i % 10) for i, t in enumerate(task_names)}
     n_panels = len(groups) + 1
     ncols = min(3, n_panels)
     nrows = math.ceil(n_panels / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(6.2 * ncols, 3.8 * nrows), squeeze=False)
     flat = axes.ravel()
-    total = max(max((_num(r.get("steps")) for r in runs), default=1.0), 1.0)
+    total = max(max((_num(r["steps"]) for r in runs), default=1.0), 1.0)
     edges = np.linspace(0.0, total + 1.0, bins + 1)
     centers = 0.5 * (edges[:-1] + edges[1:])
     for ax, label in zip(flat, groups):
         members = [r for r, g in zip(runs, per_run.group) if g == label]
-        for block in members[0].get("blocks", []):  # seeds share the schedule: shade the first run's blocks
+        for block in members[0]["blocks"]:  # seeds share the schedule: shade the first run's blocks
             ax.axvspan(block["start"], block["end"], color=colors.get(block["task"], "grey"), alpha=0.10, lw=0)
             if block["index"] > 0:
                 ax.axvline(block["start"], color="black", lw=0.6, ls=":")
@@ -209,11 +210,11 @@ def plot_compare(runs: Sequence[Mapping[str, Any]], per_run: pd.DataFrame, table
                 mean = np.nanmean(grids, axis=0)
             ax.plot(centers, mean, color=colors[task], lw=1.4, label=task)
             for r in members:  # block-end probes (rows of R)
-                col = r.get("task_names", []).index(task) if task in r.get("task_names", []) else None
-                if col is None:
+                if task not in r["task_names"]:
                     continue
-                ys = [row[col] for row in r.get("R", [])]
-                xs = r.get("R_steps", [])
+                col = r["task_names"].index(task)
+                ys = [row[col] for row in r["R"]]
+                xs = r["R_steps"]
                 pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
                 if pts:
                     ax.scatter(*zip(*pts), color=colors[task], s=14, marker="o", edgecolor="black", lw=0.4, zorder=3)
@@ -248,8 +249,7 @@ def plot_compare(runs: Sequence[Mapping[str, Any]], per_run: pd.DataFrame, table
         extra.axis("off")
     fig.suptitle("success per task over the lifetime (shaded: task blocks; dots: block-end probes)", fontsize=10)
     fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
+    atomic_write(png, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
     return png
 
@@ -265,8 +265,8 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> tuple[p
     table = aggregate(per_run)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "compare.csv")
-    per_run.to_csv(out / "compare_runs.csv", index=False)
-    (out / "compare.md").write_text(_markdown(table))
+    atomic_write_text(out / "compare.csv", table.to_csv())
+    atomic_write_text(out / "compare_runs.csv", per_run.to_csv(index=False))
+    atomic_write_text(out / "compare.md", _markdown(table))
     png = plot_compare(runs, per_run, table, out / "compare.png")
     return table, png

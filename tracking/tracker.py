@@ -15,13 +15,12 @@ Protocol (called by the lifetime loop, ``agents/loop.py``):
 - ``finalize()`` at the end: final figures, hparams, ``summary.json``.
 
 Reference runs (Continual World forward transfer): a single-task run of task ``j`` whose
-``summary.json`` lies at ``<reference_dir>/<j>/summary.json`` (default ``reference_dir`` is
-``<run_dir>/reference``, where ``lifelong run ... reference=true`` writes them). Its first block's
-success curve gives AUC_j^ref; AUC_j is this run's success curve during task j's first block, both
-over normalised time; FT_j = (AUC_j - AUC_j^ref) / (1 - AUC_j^ref). ``reference_curves={task:
-summary_dict}`` passes them directly instead. Reference runs that finish *after* the main run (the
-CLI runs them afterwards) are folded in by ``apply_reference_runs(run_dir)``, which rewrites the
-run's ``summary.json``; ``lifelong compare`` also picks them up when the summary has no value yet.
+``summary.json`` lies at ``<run_dir>/reference/<j>/summary.json`` (where ``lifelong run ...
+reference=true`` writes them). Its first block's success curve gives AUC_j^ref; AUC_j is this run's
+success curve during task j's first block, both over normalised time; FT_j = (AUC_j - AUC_j^ref) /
+(1 - AUC_j^ref). Reference runs that finish *after* the main run (the CLI runs them afterwards) are
+folded in by ``apply_reference_runs(run_dir)``, which rewrites the run's ``summary.json``;
+``lifelong compare`` also picks them up when the summary has no value yet.
 
 Undefined figures (one task: forgetting, BWT, FWT; no reference: forward_transfer_cw) are NaN in
 Python, ``null`` in ``summary.json`` and absent from TensorBoard (never written as 0).
@@ -95,7 +94,7 @@ def with_reference_transfer(summary: dict[str, Any], references: Mapping[str, Ma
     return summary
 
 
-def apply_reference_runs(run_dir: str | Path, reference_dir: str | Path | None = None) -> dict[str, Any]:
+def apply_reference_runs(run_dir: str | Path) -> dict[str, Any]:
     """After ``lifelong run ... reference=true`` has written ``<run_dir>/reference/<task>/``:
     recompute forward transfer in ``<run_dir>/summary.json`` (rewritten atomically) and log the
     final ``cl/forward_transfer_cw`` to the run's TensorBoard. Returns the updated summary."""
@@ -104,7 +103,7 @@ def apply_reference_runs(run_dir: str | Path, reference_dir: str | Path | None =
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: finish the run (Tracker.finalize) before applying reference runs")
     summary = json.loads(path.read_text())
-    refs = load_reference_summaries(Path(reference_dir) if reference_dir else run_dir / "reference", summary["task_names"])
+    refs = load_reference_summaries(run_dir / "reference", summary["task_names"])
     with_reference_transfer(summary, refs)
     write_json_atomic(path, summary)
     writer = RunWriter(run_dir)
@@ -114,50 +113,63 @@ def apply_reference_runs(run_dir: str | Path, reference_dir: str | Path | None =
 
 
 class Tracker:
-    """Lifetime tracker writing TensorBoard events and ``summary.json`` into ``run_dir``."""
+    """Lifetime tracker writing TensorBoard events and ``summary.json`` into ``run_dir``.
+
+    Build it with :meth:`from_config` (the ``tracker:`` section of ``configs/config.yaml``, where
+    each setting is described); the constructor takes every setting explicitly.
+    """
+
+    #: the keys of the ``tracker:`` config the tracker reads (the probes and the loop read the others)
+    CONFIG_KEYS = ("probe_every", "adaptation_k", "revisit_window", "episode_log_every", "dormant_window",
+                   "dormant_threshold", "curve_points")
 
     def __init__(
         self,
         run_dir: str | Path,
         task_names: Sequence[str],
         hparams: Mapping[str, Any],
-        probe_every: int,
-        probe_episodes: int,
-        adaptation_k: int = 5,
         *,
-        reference_dir: str | Path | None = None,
-        reference_curves: Mapping[str, Mapping[str, Any]] | None = None,
-        revisit_window: int = 10,
-        dormant_window: int = 1000,
-        dormant_threshold: float = 0.01,
-        curve_points: int = 128,
-        episode_log_every: int = 500,
+        probe_every: int,
+        adaptation_k: int,
+        revisit_window: int,
+        episode_log_every: int,
+        dormant_window: int,
+        dormant_threshold: float,
+        curve_points: int,
     ) -> None:
         names = list(task_names)
         if not names or len(set(names)) != len(names):
             raise ValueError(f"task_names must be a non-empty list of unique names (stream.task_names), got {names}")
-        if probe_every < 0 or probe_episodes < 1 or adaptation_k < 1 or revisit_window < 1 or episode_log_every < 0:
+        if probe_every < 0 or adaptation_k < 1 or revisit_window < 1 or episode_log_every < 0:
             raise ValueError(
-                f"need probe_every >= 0 (0 disables periodic probes), probe_episodes >= 1, adaptation_k >= 1, "
-                f"revisit_window >= 1, episode_log_every >= 0; got {probe_every}, {probe_episodes}, {adaptation_k}, "
+                f"need tracker.probe_every >= 0 (0 disables periodic probes), adaptation_k >= 1, "
+                f"revisit_window >= 1, episode_log_every >= 0; got {probe_every}, {adaptation_k}, "
                 f"{revisit_window}, {episode_log_every}"
             )
         self.run_dir = Path(run_dir)
         self.task_names = names
         self.hparams = dict(hparams)
         self.probe_every = int(probe_every)
-        self.probe_episodes = int(probe_episodes)
         self.adaptation_k = int(adaptation_k)
         self.revisit_window = int(revisit_window)
         self.curve_points = int(curve_points)
         self.episode_log_every = int(episode_log_every)
-        self.reference_dir = Path(reference_dir) if reference_dir is not None else self.run_dir / "reference"
-        self.reference_curves = dict(reference_curves) if reference_curves is not None else None
-        self._dormant_window = dormant_window
-        self._dormant_threshold = dormant_threshold
+        self._dormant_window = int(dormant_window)
+        self._dormant_threshold = float(dormant_threshold)
         self.tb = RunWriter(self.run_dir)
         self.tb.layout(custom_scalars_layout(self.task_names))
         self._reset_state()
+
+    @classmethod
+    def from_config(cls, run_dir: str | Path, task_names: Sequence[str], hparams: Mapping[str, Any],
+                    tracker_cfg: Mapping[str, Any]) -> "Tracker":
+        """A tracker with every setting of :attr:`CONFIG_KEYS` read from ``tracker_cfg`` (the
+        ``tracker:`` section of ``configs/config.yaml``; a DictConfig or a dict)."""
+        missing = [key for key in cls.CONFIG_KEYS if key not in tracker_cfg]
+        if missing:
+            raise ValueError(f"the tracker config lacks {missing}: give every key of the `tracker:` section of "
+                             f"configs/config.yaml ({', '.join(cls.CONFIG_KEYS)})")
+        return cls(run_dir, task_names, hparams, **{key: tracker_cfg[key] for key in cls.CONFIG_KEYS})
 
     def _reset_state(self) -> None:
         self.last_step = 0
@@ -314,8 +326,8 @@ class Tracker:
 
     def _flush_episodes(self, step: int) -> None:
         """Write ``task/<name>/{return,success,length}``: means over the episodes since the last flush
-        (every ``episode_log_every`` steps, at task switches and at the end; one TB event per
-        episode would cost a few % of the loop's throughput)."""
+        (every ``episode_log_every`` steps, at task switches and at the end) rather than one TB event
+        per episode, which would slow the loop down."""
         for task, (ret, success, length, n) in self._episode_acc.items():
             if n:
                 self._scalar(f"task/{task}/return", ret / n, step)
@@ -441,11 +453,6 @@ class Tracker:
         return M.cl_metrics(R, block_tasks, self.baseline())
 
     # ---- final figures ---------------------------------------------------------------------
-    def _references(self) -> dict[str, Mapping[str, Any]]:
-        if self.reference_curves is not None:
-            return dict(self.reference_curves)
-        return load_reference_summaries(self.reference_dir, self.task_names)
-
     def _adaptation_online(self) -> list[float]:
         sums = [0.0] * self.adaptation_k
         counts = [0] * self.adaptation_k
@@ -506,7 +513,7 @@ class Tracker:
             "blocks": blocks,
             "last": dict(self._last),
         }
-        return with_reference_transfer(summary, self._references())
+        return with_reference_transfer(summary, load_reference_summaries(self.run_dir / "reference", self.task_names))
 
     def finalize(self) -> dict[str, Any]:
         """Close the current block, write the final figures, hparams and ``summary.json``."""

@@ -10,7 +10,8 @@ means an empty cache. States (``kernels/attention/states.py``):
 
 No positional encoding is applied anywhere. There is no Triton kernel for this family: the chunk
 forms are masked matmuls, which run as they are on CUDA tensors, so every backend (``auto``,
-``torch``, ``triton``) takes them; ``backend`` is still validated by ``resolve_backend``.
+``torch``, ``triton``) takes them; every op still checks its inputs and ``backend`` through
+``kernels.utils.guard.op_guard``.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from lifelong.kernels.attention.reference import (
 from lifelong.kernels.attention.states import (
     SELECTIONS, KVCache, LoLAState, WindowCache, empty_kv_cache, empty_lola_state, empty_window_cache,
 )
-from lifelong.kernels.backend import resolve_backend
+from lifelong.kernels.utils.checks import check_lola_inputs, check_softmax_attn_inputs, check_window_attn_inputs
+from lifelong.kernels.utils.guard import op_guard
 
 __all__ = [
     "SELECTIONS", "KVCache", "LoLAState", "WindowCache",
@@ -48,9 +50,13 @@ def _gate_tensor(gate: torch.Tensor | float, num_heads: int, like: torch.Tensor)
     return g
 
 
-def _check_lola_sizes(window: int, cache_size: int) -> None:
-    if window < 0 or cache_size < 0:
-        raise ValueError(f"window ({window}) and cache_size ({cache_size}) must be >= 0")
+def _check_lola(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LoLAState | None, window: int, cache_size: int,
+    selection: str, *, single_token: bool = False,
+) -> None:
+    """LoLA's inputs, sizes and state (``checks.check_lola_inputs``) and its cache ``selection``."""
+    check_selection(selection)
+    check_lola_inputs(q, k, v, state, window, cache_size, single_token=single_token)
 
 
 def softmax_attn(
@@ -58,7 +64,7 @@ def softmax_attn(
     scale: float | None = None, chunk_size: int = 64, backend: str = "auto",
 ) -> tuple[torch.Tensor, KVCache]:
     """Causal softmax attention over [cache | new tokens]; the cache grows by T."""
-    resolve_backend(backend, q)
+    op_guard(backend, q, check_softmax_attn_inputs, q, k, v, state)
     return softmax_attn_chunk(q, k, v, state, scale=scale, chunk_size=chunk_size)
 
 
@@ -67,7 +73,7 @@ def softmax_attn_step(
     scale: float | None = None, backend: str = "auto",
 ) -> tuple[torch.Tensor, KVCache]:
     """One token: q, k ``[B, H, K]``, v ``[B, H, V]`` -> o ``[B, H, V]``, cache grown by one."""
-    resolve_backend(backend, q)
+    op_guard(backend, q, check_softmax_attn_inputs, q, k, v, state, single_token=True)
     return _softmax_attn_step_torch(q, k, v, state, scale=scale)
 
 
@@ -76,7 +82,7 @@ def sliding_window_attn(
     scale: float | None = None, chunk_size: int = 64, backend: str = "auto",
 ) -> tuple[torch.Tensor, WindowCache]:
     """Softmax over the last ``window`` pairs (the token itself included)."""
-    resolve_backend(backend, q)
+    op_guard(backend, q, check_window_attn_inputs, q, k, v, state, window)
     return sliding_window_attn_chunk(q, k, v, state, window=window, scale=scale, chunk_size=chunk_size)
 
 
@@ -85,7 +91,7 @@ def sliding_window_attn_step(
     scale: float | None = None, backend: str = "auto",
 ) -> tuple[torch.Tensor, WindowCache]:
     """One token of :func:`sliding_window_attn`: ``[B, H, K]`` -> ``[B, H, V]``."""
-    resolve_backend(backend, q)
+    op_guard(backend, q, check_window_attn_inputs, q, k, v, state, window, single_token=True)
     return _sliding_window_attn_step_torch(q, k, v, state, window=window, scale=scale)
 
 
@@ -99,9 +105,7 @@ def lola_attn(
     gate: weight g of the linear state per head (``[H]`` or a float). selection: ``sre`` (the paper),
     ``recency`` or ``random`` (ablations). With window = cache_size = 0 this is linear attention.
     """
-    resolve_backend(backend, q)
-    check_selection(selection)
-    _check_lola_sizes(window, cache_size)
+    op_guard(backend, q, _check_lola, q, k, v, state, window, cache_size, selection)
     return lola_attn_chunk(
         q, k, v, state, window=window, cache_size=cache_size, gate=_gate_tensor(gate, q.shape[2], q),
         selection=selection, scale=scale, chunk_size=chunk_size,
@@ -114,9 +118,7 @@ def lola_attn_step(
     scale: float | None = None, backend: str = "auto",
 ) -> tuple[torch.Tensor, LoLAState]:
     """One token of :func:`lola_attn`: q, k ``[B, H, K]``, v ``[B, H, V]`` -> o ``[B, H, V]``."""
-    resolve_backend(backend, q)
-    check_selection(selection)
-    _check_lola_sizes(window, cache_size)
+    op_guard(backend, q, _check_lola, q, k, v, state, window, cache_size, selection, single_token=True)
     return _lola_attn_step_torch(
         q, k, v, state, window=window, cache_size=cache_size, gate=_gate_tensor(gate, q.shape[1], q),
         selection=selection, scale=scale,

@@ -11,18 +11,15 @@ import torch
 import torch.nn.functional as F
 
 from lifelong.kernels.attention.lola_select import (
-    DEN_EPS, RECALL_EPS, augment, canonical_order, check_selection, feature_map, gather_slots, score_max,
-    static_priority,
+    DEN_EPS, RECALL_EPS, augment, canonical_order, check_selection, gather_slots, score_max, static_priority,
 )
 from lifelong.kernels.attention.states import (
-    KVCache, LoLAState, WindowCache, check_cache, check_lola_state, check_qkv, empty_kv_cache,
-    empty_lola_state, empty_window_cache, resolve_scale,
+    KVCache, LoLAState, WindowCache, empty_kv_cache, empty_lola_state, empty_window_cache, resolve_scale,
 )
-
-
-def _check_chunk_size(chunk_size: int) -> None:
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+from lifelong.kernels.utils.checks import (
+    check_chunk_size, check_lola_inputs, check_softmax_attn_inputs, check_window_attn_inputs,
+)
+from lifelong.kernels.utils.feature_maps import elu_feature_map
 
 
 def _heads_first(*xs: torch.Tensor) -> list[torch.Tensor]:
@@ -49,12 +46,11 @@ def softmax_attn_chunk(
 
     The returned cache is the old one with the T new pairs appended (N grows by T).
     """
-    check_qkv(q, k, v)
-    _check_chunk_size(chunk_size)
+    check_softmax_attn_inputs(q, k, v, state)
+    check_chunk_size(chunk_size)
     b, t_len, h = q.shape[:3]
     if state is None:
         state = empty_kv_cache(b, h, k.shape[-1], v.shape[-1], q.device)
-    check_cache("KVCache", *state, k, v)
     scale = resolve_scale(scale, q.shape[-1])
     qh, kh, vh = _heads_first(q, k, v)
     n = state.k.shape[2]
@@ -87,14 +83,11 @@ def sliding_window_attn_chunk(
 ) -> tuple[torch.Tensor, WindowCache]:
     """Softmax over the last ``window`` pairs (the token itself included), via a banded mask over
     [window cache | new tokens]. The returned cache holds the last ``window`` pairs."""
-    check_qkv(q, k, v)
-    _check_chunk_size(chunk_size)
-    if window < 1:
-        raise ValueError(f"window must be >= 1 (the token itself), got {window}")
+    check_window_attn_inputs(q, k, v, state, window)
+    check_chunk_size(chunk_size)
     b, t_len, h = q.shape[:3]
     if state is None:
         state = empty_window_cache(b, h, k.shape[-1], v.shape[-1], window, q.device)
-    check_cache("WindowCache", *state, k, v, size=window)
     scale = resolve_scale(scale, q.shape[-1])
     qh, kh, vh = _heads_first(q, k, v)
     # token t (0-based among the new ones) sees positions t+1 .. t+window of seq = [cache | new]
@@ -226,15 +219,14 @@ def lola_attn_chunk(
     state at each block start is a cumulative sum of the blocks' folds. gate ``[H]`` in [0, 1].
     Returns o ``[B, T, H, V]`` and the state after the last token.
     """
-    check_qkv(q, k, v)
+    check_lola_inputs(q, k, v, state, window, cache_size)
     check_selection(selection)
-    _check_chunk_size(chunk_size)
+    check_chunk_size(chunk_size)
     b, t_len, h = q.shape[:3]
     kd, vd = k.shape[-1], v.shape[-1]
     eta, lam = window, cache_size
     if state is None:
         state = empty_lola_state(b, h, kd, vd, eta, lam, q.device)
-    check_lola_state(state, k, v, eta, lam)
     if t_len == 0:
         return v.new_zeros(v.shape), state
     scale = resolve_scale(scale, kd)
@@ -259,7 +251,7 @@ def lola_attn_chunk(
     with torch.no_grad():
         prio = static_priority(selection, ext_birth[:, :, :n_cand], count)
         rows = _decision_rows(
-            feature_map(ext_k[:, :, :n_cand].detach()).reshape(nh, n_cand, kd),
+            elu_feature_map(ext_k[:, :, :n_cand].detach()).reshape(nh, n_cand, kd),
             ext_v[:, :, :n_cand].detach().reshape(nh, n_cand, vd), ext_valid[:, :, :n_cand].reshape(nh, n_cand),
             None if prio is None else prio.reshape(nh, n_cand),
         )
@@ -310,13 +302,13 @@ def lola_attn_chunk(
         seq_x = F.pad(seq, (0, 0, 0, pad)).unfold(2, c + eta, c).transpose(-1, -2)
         return torch.cat([start_x, seq_x], dim=3)
 
-    phi_seq = feature_map(seq_k)
+    phi_seq = elu_feature_map(seq_k)
     keys, values = block_keys(ext_k, seq_k), block_keys(ext_v, seq_v)
-    phi_keys = block_keys(torch.cat([feature_map(state.cache_k), phi_seq], dim=2), phi_seq)
+    phi_keys = block_keys(torch.cat([elu_feature_map(state.cache_k), phi_seq], dim=2), phi_seq)
     qb = F.pad(qh, (0, 0, 0, pad)).view(b, h, n_blocks, c, kd)
     scores = ((qb * scale) @ keys.transpose(-1, -2)).masked_fill(~m_soft, float("-inf"))
     m = score_max(scores)  # [B, H, n_blocks, C]
-    phi_q = feature_map(qb)
+    phi_q = elu_feature_map(qb)
     folded = phi_keys * m_lin[..., -1, :, None]  # the keys folded inside each block
     S_cum = torch.cumsum(torch.cat([state.S[:, :, None], folded.transpose(-1, -2) @ values], dim=2), dim=2)
     z_cum = torch.cumsum(torch.cat([state.z[:, :, None], folded.sum(3)], dim=2), dim=2)

@@ -23,9 +23,9 @@ checks the recall errors agree bit for bit.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from lifelong.kernels.attention.states import SELECTIONS
+from lifelong.kernels.utils.checks import check_choice
 
 #: added to phi(k)^T z when predicting a value from the linear state (empty state: prediction 0)
 RECALL_EPS = 1e-6
@@ -35,14 +35,9 @@ DEN_EPS = 1e-30
 _EMPTY_KEY = torch.iinfo(torch.long).max - 1
 
 
-def feature_map(x: torch.Tensor) -> torch.Tensor:
-    """phi(x) = elu(x) + 1 > 0, elementwise (feature dim K' = K)."""
-    return F.elu(x) + 1.0
-
-
 def check_selection(selection: str) -> None:
-    if selection not in SELECTIONS:
-        raise ValueError(f"unknown selection {selection!r}: choose one of {SELECTIONS}")
+    """``selection`` must be one of :data:`SELECTIONS`."""
+    check_choice("selection", selection, SELECTIONS)
 
 
 def fold(

@@ -10,13 +10,14 @@ from __future__ import annotations
 import torch
 
 from lifelong.kernels.attention.lola_select import (
-    augment, candidate_scores, canonical_order, check_selection, feature_map, fold, gather_slots, mix,
-    score_max, static_priority,
+    augment, candidate_scores, canonical_order, check_selection, fold, gather_slots, mix, score_max,
+    static_priority,
 )
 from lifelong.kernels.attention.states import (
-    KVCache, LoLAState, WindowCache, check_cache, check_lola_state, check_qkv, empty_kv_cache,
-    empty_lola_state, empty_window_cache, resolve_scale,
+    KVCache, LoLAState, WindowCache, empty_kv_cache, empty_lola_state, empty_window_cache, resolve_scale,
 )
+from lifelong.kernels.utils.checks import check_lola_inputs, check_softmax_attn_inputs, check_window_attn_inputs
+from lifelong.kernels.utils.feature_maps import elu_feature_map
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, scale: float) -> torch.Tensor:
@@ -43,10 +44,9 @@ def softmax_attn_step(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: KVCache | None, *, scale: float | None = None
 ) -> tuple[torch.Tensor, KVCache]:
     """Append (k, v) to the cache, then attend over every valid entry. o ``[B, H, V]``."""
-    check_qkv(q, k, v, single_token=True)
+    check_softmax_attn_inputs(q, k, v, state, single_token=True)
     if state is None:
         state = empty_kv_cache(q.shape[0], q.shape[1], k.shape[-1], v.shape[-1], q.device)
-    check_cache("KVCache", *state, k[:, None], v[:, None])
     ck, cv, valid = _append(*state, k, v)
     o = _attend(q.float(), ck, cv, valid, resolve_scale(scale, q.shape[-1]))
     return o.to(q.dtype), KVCache(ck, cv, valid)
@@ -56,7 +56,7 @@ def softmax_attn_reference(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: KVCache | None, *, scale: float | None = None
 ) -> tuple[torch.Tensor, KVCache]:
     """Causal softmax attention over [cache | new tokens], a loop over T. o ``[B, T, H, V]``."""
-    check_qkv(q, k, v)
+    check_softmax_attn_inputs(q, k, v, state)
     if state is None:
         state = empty_kv_cache(q.shape[0], q.shape[2], k.shape[-1], v.shape[-1], q.device)
     outputs = []
@@ -73,12 +73,9 @@ def sliding_window_attn_step(
 ) -> tuple[torch.Tensor, WindowCache]:
     """Shift (k, v) into the window of the last ``window`` pairs (the token itself included) and
     attend over its valid entries. o ``[B, H, V]``."""
-    check_qkv(q, k, v, single_token=True)
-    if window < 1:
-        raise ValueError(f"window must be >= 1 (the token itself), got {window}")
+    check_window_attn_inputs(q, k, v, state, window, single_token=True)
     if state is None:
         state = empty_window_cache(q.shape[0], q.shape[1], k.shape[-1], v.shape[-1], window, q.device)
-    check_cache("WindowCache", *state, k[:, None], v[:, None], size=window)
     ck, cv, valid = _append(*state, k, v)
     ck, cv, valid = ck[:, :, 1:], cv[:, :, 1:], valid[:, 1:]
     o = _attend(q.float(), ck, cv, valid, resolve_scale(scale, q.shape[-1]))
@@ -90,7 +87,7 @@ def sliding_window_attn_reference(
     scale: float | None = None,
 ) -> tuple[torch.Tensor, WindowCache]:
     """Softmax over the last ``window`` pairs, a loop over T. o ``[B, T, H, V]``."""
-    check_qkv(q, k, v)
+    check_window_attn_inputs(q, k, v, state, window)
     if state is None:
         state = empty_window_cache(q.shape[0], q.shape[2], k.shape[-1], v.shape[-1], window, q.device)
     outputs = []
@@ -109,12 +106,11 @@ def lola_attn_step(
 
     q, k ``[B, H, K]``, v ``[B, H, V]``, gate ``[H]`` in [0, 1] -> o ``[B, H, V]``, new state.
     """
-    check_qkv(q, k, v, single_token=True)
+    check_lola_inputs(q, k, v, state, window, cache_size, single_token=True)
     check_selection(selection)
     b, h = q.shape[:2]
     if state is None:
         state = empty_lola_state(b, h, k.shape[-1], v.shape[-1], window, cache_size, q.device)
-    check_lola_state(state, k, v, window, cache_size)
     scale = resolve_scale(scale, q.shape[-1])
     out_dtype = q.dtype
     q, k, v = q.float(), k.float(), v.float()
@@ -131,7 +127,7 @@ def lola_attn_step(
     cand_v = torch.cat([state.cache_v, c_v[:, :, None]], dim=2)
     cand_valid = torch.cat([state.cache_valid, c_valid[:, None, None].expand(b, h, 1)], dim=2)
     cand_birth = torch.cat([state.cache_birth, c_birth], dim=2)
-    cand_phi_k = feature_map(cand_k)
+    cand_phi_k = elu_feature_map(cand_k)
     with torch.no_grad():
         prio = static_priority(selection, cand_birth, state.count)
         vz = torch.cat([cand_v, torch.ones_like(cand_v[..., :1])], dim=-1)
@@ -158,7 +154,7 @@ def lola_attn_step(
     scores = torch.einsum("bhk,bhnk->bhn", q, keys).mul(scale).masked_fill(~valid, float("-inf"))
     m = score_max(scores)
     p = torch.exp(scores - m[..., None])
-    phi_q = feature_map(q)
+    phi_q = elu_feature_map(q)
     o = mix(
         torch.einsum("bhn,bhnv->bhv", p, values), p.sum(-1), m,
         torch.einsum("bhk,bhkv->bhv", phi_q, S), (phi_q * z).sum(-1), gate,
@@ -172,7 +168,7 @@ def lola_attn_reference(
     cache_size: int, gate: torch.Tensor, selection: str = "sre", scale: float | None = None,
 ) -> tuple[torch.Tensor, LoLAState]:
     """LoLA over a sequence, a loop of :func:`lola_attn_step`. o ``[B, T, H, V]``."""
-    check_qkv(q, k, v)
+    check_lola_inputs(q, k, v, state, window, cache_size)
     if state is None:
         state = empty_lola_state(q.shape[0], q.shape[2], k.shape[-1], v.shape[-1], window, cache_size, q.device)
     outputs = []

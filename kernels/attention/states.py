@@ -1,4 +1,4 @@
-"""The caches of the attention family and the checks on the ops' inputs.
+"""The caches of the attention family (their checks are in ``kernels/utils/checks.py``).
 
 Layout (DESIGN.md section 2): q, k ``[B, T, H, K]``, v ``[B, T, H, V]`` for sequences and
 ``[B, H, K]`` / ``[B, H, V]`` for one token. Caches store keys and values head-major,
@@ -105,64 +105,6 @@ def empty_lola_state(
     )
 
 
-# ---- input checks ---------------------------------------------------------------------------------
-def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, single_token: bool = False) -> None:
-    """q, k ``[B, T, H, K]``, v ``[B, T, H, V]`` (or ``[B, H, K]`` / ``[B, H, V]`` for one token)."""
-    dims = 3 if single_token else 4
-    layout = "[B, H, K] / [B, H, V]" if single_token else "[B, T, H, K] / [B, T, H, V]"
-    if q.dim() != dims or k.dim() != dims or v.dim() != dims:
-        raise ValueError(
-            f"q, k, v must be {layout}, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
-    if q.shape != k.shape or k.shape[:-1] != v.shape[:-1]:
-        raise ValueError(
-            f"q and k must have the same shape and v the same leading dims ({layout}), got "
-            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
-
-
-def check_cache(
-    name: str, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, ref_k: torch.Tensor,
-    ref_v: torch.Tensor, *, size: int | None = None,
-) -> None:
-    """A cache ``[B, H, N, K]`` / ``[B, H, N, V]`` / ``[B, N]`` matching new tokens ref ``[B, T, H, K]``."""
-    b, h, kd, vd = ref_k.shape[0], ref_k.shape[-2], ref_k.shape[-1], ref_v.shape[-1]
-    n = k.shape[2] if k.dim() == 4 else -1
-    ok = (
-        k.dim() == 4 and tuple(k.shape) == (b, h, n, kd) and tuple(v.shape) == (b, h, n, vd)
-        and tuple(valid.shape) == (b, n) and valid.dtype == torch.bool
-        and (size is None or n == size)
-    )
-    if not ok:
-        want_n = "N" if size is None else str(size)
-        raise ValueError(
-            f"{name} must hold k [{b}, {h}, {want_n}, {kd}], v [{b}, {h}, {want_n}, {vd}], valid "
-            f"[{b}, {want_n}] bool, got {tuple(k.shape)}, {tuple(v.shape)}, {tuple(valid.shape)} "
-            f"{valid.dtype}: build it with the op's empty_* helper or the layer's init_state"
-        )
-
-
-def check_lola_state(state: LoLAState, ref_k: torch.Tensor, ref_v: torch.Tensor, window: int, cache_size: int) -> None:
-    """Shapes of a :class:`LoLAState` for new tokens ref ``[B, T, H, K]`` (or ``[B, H, K]``)."""
-    if not isinstance(state, LoLAState):
-        raise TypeError(f"state must be a LoLAState (see empty_lola_state), got {type(state).__name__}")
-    b, h, kd, vd = ref_k.shape[0], ref_k.shape[-2], ref_k.shape[-1], ref_v.shape[-1]
-    expected = {
-        "S": (b, h, kd, vd), "z": (b, h, kd),
-        "window_k": (b, h, window, kd), "window_v": (b, h, window, vd), "window_valid": (b, window),
-        "cache_k": (b, h, cache_size, kd), "cache_v": (b, h, cache_size, vd),
-        "cache_valid": (b, h, cache_size), "cache_sre": (b, h, cache_size),
-        "cache_birth": (b, h, cache_size), "count": (b,),
-    }
-    for field, shape in expected.items():
-        got = tuple(getattr(state, field).shape)
-        if got != shape:
-            raise ValueError(
-                f"LoLAState.{field} is {got}, expected {shape} for window={window}, "
-                f"cache_size={cache_size}: build the state with empty_lola_state(...) using the same "
-                f"window and cache_size as the op"
-            )
-
-
 def resolve_scale(scale: float | None, key_dim: int) -> float:
+    """``key_dim ** -0.5`` when ``scale`` is None."""
     return key_dim ** -0.5 if scale is None else float(scale)

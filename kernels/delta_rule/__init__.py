@@ -4,6 +4,7 @@
 
 q, k ``[B, T, H, K]`` (k L2-normalised by the caller), v ``[B, T, H, V]``, g = log alpha and beta
 ``[B, T, H]``, state ``[B, H, K, V]`` fp32 (None = zeros). Every op returns ``(o, state)``.
+Every op checks its inputs and picks the backend through ``kernels.utils.guard.op_guard``:
 ``backend="auto"`` runs the Triton kernels (``kernels/delta_rule/triton.py``, imported lazily) on
 CUDA tensors and the chunked torch form otherwise.
 """
@@ -11,10 +12,12 @@ from __future__ import annotations
 
 import torch
 
-from lifelong.kernels.backend import resolve_backend
 from lifelong.kernels.delta_rule.chunk import gated_delta_rule_chunk
-from lifelong.kernels.delta_rule.reference import check_inputs, gated_delta_rule_reference, zero_state
+from lifelong.kernels.delta_rule.reference import gated_delta_rule_reference
 from lifelong.kernels.delta_rule.reference import gated_delta_rule_step as _gated_delta_rule_step_torch
+from lifelong.kernels.utils.checks import check_delta_rule_inputs
+from lifelong.kernels.utils.guard import op_guard
+from lifelong.kernels.utils.layout import zero_state
 
 __all__ = [
     "delta_rule",
@@ -44,10 +47,9 @@ def gated_delta_rule(
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked gated delta rule over a sequence: o ``[B, T, H, V]``, state ``[B, H, K, V]`` fp32."""
-    if resolve_backend(backend, q) == "triton":
+    if op_guard(backend, q, check_delta_rule_inputs, q, k, v, g, beta, state) == "triton":
         from lifelong.kernels.delta_rule.triton import gated_delta_rule_triton
 
-        check_inputs(q, k, v, g, beta, state)
         if state is None:
             state = zero_state(k, v)
         return gated_delta_rule_triton(
@@ -68,10 +70,10 @@ def gated_delta_rule_step(
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One token: q, k ``[B, H, K]``, v ``[B, H, V]``, g, beta ``[B, H]`` -> o ``[B, H, V]``, state."""
+    resolved = op_guard(backend, q, check_delta_rule_inputs, q, k, v, g, beta, state, single_token=True)
     if state is None:
-        check_inputs(q, k, v, g, beta, None, single_token=True)
         state = zero_state(k, v)
-    if resolve_backend(backend, q) == "triton":
+    if resolved == "triton":
         from lifelong.kernels.delta_rule.triton import gated_delta_rule_step_triton
 
         return gated_delta_rule_step_triton(q, k, v, _zeros_gate(beta, g), beta, state, scale=scale)

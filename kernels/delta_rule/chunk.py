@@ -21,17 +21,9 @@ Gradients come from autograd, into every input including the initial state, g an
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from lifelong.kernels.delta_rule.reference import check_inputs, zero_state
-
-
-def _to_chunks(x: torch.Tensor, pad: int, chunk_size: int) -> torch.Tensor:
-    """``[B, T, H, *D]`` -> ``[B, H, N, C, *D]`` fp32, zero-padded at the end of T."""
-    x = x.float().movedim(1, 2)  # [B, H, T, *D]
-    if pad:
-        x = F.pad(x, (0, 0) * (x.dim() - 3) + (0, pad))
-    return x.reshape(*x.shape[:2], -1, chunk_size, *x.shape[3:])
+from lifelong.kernels.utils.checks import check_chunk_size, check_delta_rule_inputs
+from lifelong.kernels.utils.layout import to_chunks, zero_state
 
 
 def gated_delta_rule_chunk(
@@ -50,9 +42,8 @@ def gated_delta_rule_chunk(
     T need not be a multiple of ``chunk_size``: the tail is padded with k = v = beta = g = 0,
     tokens that leave the state unchanged.
     """
-    check_inputs(q, k, v, g, beta, state)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    check_delta_rule_inputs(q, k, v, g, beta, state)
+    check_chunk_size(chunk_size)
     B, T, H, K = k.shape
     V = v.shape[-1]
     scale = K**-0.5 if scale is None else scale
@@ -60,9 +51,8 @@ def gated_delta_rule_chunk(
     if T == 0:
         return v.new_zeros(v.shape), S
     C = min(chunk_size, T)
-    pad = (-T) % C
-    qc, kc, vc = _to_chunks(q, pad, C), _to_chunks(k, pad, C), _to_chunks(v, pad, C)  # [B,H,N,C,D]
-    bc = _to_chunks(beta, pad, C)  # [B, H, N, C]
+    qc, kc, vc = to_chunks(q, C), to_chunks(k, C), to_chunks(v, C)  # [B,H,N,C,D]
+    bc = to_chunks(beta, C)  # [B, H, N, C]
     qc = qc * scale
 
     causal = torch.ones(C, C, dtype=torch.bool, device=k.device).tril()
@@ -71,7 +61,7 @@ def gated_delta_rule_chunk(
         qg, kd, k_dec = qc, kc, kc
         chunk_decay = None
     else:
-        gamma = _to_chunks(g, pad, C).cumsum(-1)  # [B, H, N, C]
+        gamma = to_chunks(g, C).cumsum(-1)  # [B, H, N, C]
         diff = gamma[..., :, None] - gamma[..., None, :]
         decay = torch.where(causal, diff, float("-inf")).exp()  # [B, H, N, C, C]
         eg = gamma.exp()[..., None]
@@ -84,7 +74,7 @@ def gated_delta_rule_chunk(
     # Only the strict lower triangle of ``a`` is read (unitriangular): no tril needed.
     a = kk * (decay * bc[..., :, None])
     rhs = torch.cat([vc, k_dec], dim=-1) * bc[..., None]
-    # Solved as X^T (I + A)^T = RHS^T (upper, from the right): the same X, about 2x faster on CPU.
+    # Solved as X^T (I + A)^T = RHS^T (upper, from the right): the same X, in the faster layout on CPU.
     x = torch.linalg.solve_triangular(
         a.transpose(-1, -2), rhs.transpose(-1, -2), upper=True, left=False, unitriangular=True
     ).transpose(-1, -2)  # [U' | W]

@@ -12,50 +12,8 @@ from __future__ import annotations
 
 import torch
 
-
-def check_inputs(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor | None,
-    beta: torch.Tensor,
-    state: torch.Tensor | None,
-    *,
-    single_token: bool = False,
-) -> None:
-    """Raise a ValueError naming the fix when the shapes do not follow the layout above.
-
-    ``single_token`` checks the step layout instead: q, k ``[B, H, K]``, v ``[B, H, V]``,
-    g, beta ``[B, H]``.
-    """
-    lead = "[B, H]" if single_token else "[B, T, H]"
-    ndim = 3 if single_token else 4
-    if q.dim() != ndim or k.dim() != ndim or v.dim() != ndim:
-        raise ValueError(
-            f"q, k, v must be {lead[:-1]}, K/V] tensors ({ndim}-D); got q {tuple(q.shape)}, "
-            f"k {tuple(k.shape)}, v {tuple(v.shape)}"
-            + ("" if single_token else " (use the *_step op for one token [B, H, K])")
-        )
-    if q.shape != k.shape:
-        raise ValueError(f"q and k must have the same shape, got {tuple(q.shape)} and {tuple(k.shape)}")
-    if v.shape[:-1] != k.shape[:-1]:
-        raise ValueError(f"v {tuple(v.shape)} must match k {tuple(k.shape)} in every dim but the last")
-    if beta.shape != k.shape[:-1]:
-        raise ValueError(f"beta must be {lead} = {tuple(k.shape[:-1])}, got {tuple(beta.shape)}")
-    if g is not None and g.shape != k.shape[:-1]:
-        raise ValueError(
-            f"g must be {lead} = {tuple(k.shape[:-1])} (one log-decay per head), got {tuple(g.shape)}"
-        )
-    if state is not None:
-        B, H, K, V = k.shape[0], k.shape[-2], k.shape[-1], v.shape[-1]
-        if state.shape != (B, H, K, V):
-            raise ValueError(f"state must be [B, H, K, V] = {(B, H, K, V)}, got {tuple(state.shape)}")
-
-
-def zero_state(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """A zero fp32 state ``[B, H, K, V]`` for inputs k ``[B, (T,) H, K]`` and v ``[B, (T,) H, V]``."""
-    return torch.zeros(k.shape[0], k.shape[-2], k.shape[-1], v.shape[-1], dtype=torch.float32, device=k.device)
-
+from lifelong.kernels.utils.checks import check_delta_rule_inputs
+from lifelong.kernels.utils.layout import zero_state
 
 def gated_delta_rule_reference(
     q: torch.Tensor,
@@ -71,7 +29,7 @@ def gated_delta_rule_reference(
 
     ``state=None`` starts from zeros; ``g=None`` means no decay (DeltaNet).
     """
-    check_inputs(q, k, v, g, beta, state)
+    check_delta_rule_inputs(q, k, v, g, beta, state)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     S = zero_state(k, v) if state is None else state.float()
     qf, kf, vf, bf = q.float(), k.float(), v.float(), beta.float()

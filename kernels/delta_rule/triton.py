@@ -4,7 +4,7 @@
 
 Chunked with the WY/UT transform: inside a chunk, with Gamma_ij = e^(gc_i - gc_j),
 A = tril(diag(beta) K K^T * Gamma, -1), T = (I + A)^-1, W = T diag(beta e^gc) K, U = T diag(beta) V;
-then V' = U - W h_n and the chunk core of ``kernels/triton_utils.py`` (states, output, backward)
+then V' = U - W h_n and the chunk core of ``kernels/common/`` (states, output, backward)
 applies with V'. The WY kernels here build T (forward substitution), W, U, and back-propagate
 through them (dA = -T^T dT T^T).
 
@@ -17,29 +17,23 @@ import torch
 import triton
 import triton.language as tl
 
-from lifelong.kernels.triton_utils import (
-    _cfg,
-    block_size,
-    check_chunk_size,
-    chunk_bwd_dh,
-    chunk_bwd_dqk,
-    chunk_bwd_dv,
-    chunk_fwd_h,
-    chunk_fwd_o,
-    chunk_local_cumsum,
-    fused_step,
-    masked_exp,
-    matmul_dtype,
-    mm,
-    require_triton_device,
-)
+from lifelong.kernels.common.chunk_h import chunk_bwd_dh, chunk_fwd_h
+from lifelong.kernels.common.chunk_o import chunk_bwd_dqk, chunk_bwd_dv, chunk_fwd_o
+from lifelong.kernels.common.cumsum import chunk_local_cumsum
+from lifelong.kernels.common.fused_step import fused_step
+from lifelong.kernels.utils.autotune import warp_configs
+from lifelong.kernels.utils.backend import require_triton_device
+from lifelong.kernels.utils.checks import check_delta_rule_inputs, check_triton_chunk_size
+from lifelong.kernels.utils.layout import zero_state
+from lifelong.kernels.utils.ops import masked_exp, matmul_dtype, mm
+from lifelong.kernels.utils.tiles import block_size
 
 __all__ = ["gated_delta_rule_triton", "gated_delta_rule_step_triton"]
 
 _SUB = 16  # side of the diagonal blocks inverted by forward substitution
 
 
-@triton.autotune(configs=_cfg((4, 2), (8, 2), (4, 3), (2, 2)), key=["K", "V", "BT", "BK", "BV"])
+@triton.autotune(configs=warp_configs((4, 2), (8, 2), (4, 3), (2, 2)), key=["K", "V", "BT", "BK", "BV"])
 @triton.jit
 def _wy_fwd_kernel(
     k, v, beta, gc, Tm, w, u, T, NT,
@@ -122,7 +116,7 @@ def _wy_fwd_kernel(
         tl.store(u + row[:, None] * V + o_v[None, :], b_u.to(u.dtype.element_ty), mask=m_tv)
 
 
-@triton.autotune(configs=_cfg((4, 2), (8, 2), (4, 3), (2, 2)), key=["K", "V", "BT", "BK", "BV"])
+@triton.autotune(configs=warp_configs((4, 2), (8, 2), (4, 3), (2, 2)), key=["K", "V", "BT", "BK", "BV"])
 @triton.jit
 def _wy_bwd_kernel(
     k, v, beta, gc, Tm, dw, du, dk_in, dk, dv, dbeta, dg, T, NT,
@@ -279,16 +273,8 @@ def gated_delta_rule_triton(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked gated delta rule: o ``[B, T, H, V]`` (dtype of v), final state ``[B, H, K, V]`` fp32."""
     require_triton_device(q)
-    if q.dim() != 4 or q.shape != k.shape or v.shape[:-1] != q.shape[:-1]:
-        raise ValueError(
-            f"expected q, k [B, T, H, K] and v [B, T, H, V]; got q {tuple(q.shape)}, k {tuple(k.shape)}, "
-            f"v {tuple(v.shape)} (use gated_delta_rule_step_triton for one token)"
-        )
-    if beta.shape != q.shape[:3] or (g is not None and g.shape != q.shape[:3]):
-        raise ValueError(f"g and beta must be [B, T, H] = {tuple(q.shape[:3])}")
-    if state is not None and state.shape != (q.shape[0], q.shape[2], q.shape[3], v.shape[3]):
-        raise ValueError(f"state must be [B, H, K, V], got {tuple(state.shape)}")
-    check_chunk_size(chunk_size)
+    check_delta_rule_inputs(q, k, v, g, beta, state, counterpart="gated_delta_rule_step_triton")
+    check_triton_chunk_size(chunk_size)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     return ChunkGatedDeltaRuleFunction.apply(
         q.contiguous(), k.contiguous(), v.contiguous(),
@@ -312,13 +298,10 @@ def gated_delta_rule_step_triton(
 
     Fused kernel when no gradient is needed (acting); the chunked Function on T = 1 otherwise."""
     require_triton_device(q)
-    if q.dim() != 3:
-        raise ValueError(
-            f"step ops take q, k [B, H, K]; got q {tuple(q.shape)} (use gated_delta_rule_triton for [B, T, H, K])"
-        )
+    check_delta_rule_inputs(q, k, v, g, beta, state, single_token=True, counterpart="gated_delta_rule_triton")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if state is None:
-        state = q.new_zeros(q.shape[0], q.shape[1], q.shape[2], v.shape[-1], dtype=torch.float32)
+        state = zero_state(k, v)
     if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, g, beta, state)):
         o, s = gated_delta_rule_triton(
             q[:, None], k[:, None], v[:, None], g[:, None] if g is not None else None, beta[:, None], state,

@@ -1,6 +1,6 @@
 """Gated linear family: linear attention, simple GLA (Mamba2) and GLA, one dispatching op each.
 
-``backend`` picks the implementation through :func:`kernels.backend.resolve_backend`: the torch
+Every op goes through :func:`kernels.utils.guard.op_guard` (input checks, then the backend): the torch
 chunked form (``chunk.py``) or step (``reference.py``) on CPU, Triton (``triton.py``, imported only
 when asked for) on CUDA or under ``TRITON_INTERPRET=1``. Shapes and recurrences: see
 ``reference.py``. Every op returns ``(o, state)``; ``state=None`` starts from zeros.
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 
-from lifelong.kernels.backend import resolve_backend
 from lifelong.kernels.gated_linear.chunk import gla_chunk, linear_attn_chunk, simple_gla_chunk
 from lifelong.kernels.gated_linear.reference import (
     GATE_LOG_MIN,
@@ -22,6 +21,8 @@ from lifelong.kernels.gated_linear.reference import (
     simple_gla_reference,
     simple_gla_step as _simple_gla_step_torch,
 )
+from lifelong.kernels.utils.checks import check_gated_linear_inputs, check_linear_attn_inputs
+from lifelong.kernels.utils.guard import op_guard
 
 __all__ = [
     "GATE_LOG_MIN",
@@ -57,7 +58,7 @@ def simple_gla(
     q, k ``[B, T, H, K]``, v ``[B, T, H, V]``, g ``[B, T, H]`` (log decay, clamped to
     ``[GATE_LOG_MIN, 0]``), state ``[B, H, K, V]`` or None -> (o ``[B, T, H, V]``, state fp32).
     """
-    if resolve_backend(backend, q) == "triton":
+    if op_guard(backend, q, check_gated_linear_inputs, q, k, v, g, state) == "triton":
         return _triton().simple_gla_triton(q, k, v, clamp_gate(g), state, scale=scale, chunk_size=chunk_size)
     return simple_gla_chunk(q, k, v, g, state, scale=scale, chunk_size=chunk_size)
 
@@ -71,7 +72,7 @@ def gla(
     q, k, g ``[B, T, H, K]``, v ``[B, T, H, V]``, state ``[B, H, K, V]`` or None ->
     (o ``[B, T, H, V]``, state fp32). The torch path needs a power-of-two ``chunk_size``.
     """
-    if resolve_backend(backend, q) == "triton":
+    if op_guard(backend, q, check_gated_linear_inputs, q, k, v, g, state, per_channel=True) == "triton":
         return _triton().gla_triton(q, k, v, clamp_gate(g), state, scale=scale, chunk_size=chunk_size)
     return gla_chunk(q, k, v, g, state, scale=scale, chunk_size=chunk_size)
 
@@ -84,7 +85,7 @@ def linear_attn(
 
     q, k ``[B, T, H, K]``, v ``[B, T, H, V]``, state ``LinearAttnState(S, z)`` or None.
     """
-    if resolve_backend(backend, q) == "triton":
+    if op_guard(backend, q, check_linear_attn_inputs, q, k, v, state) == "triton":
         return _triton().linear_attn_triton(q, k, v, state, eps=eps, chunk_size=chunk_size)
     return linear_attn_chunk(q, k, v, state, eps=eps, chunk_size=chunk_size)
 
@@ -94,7 +95,7 @@ def simple_gla_step(
     *, scale: float | None = None, backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One token: q, k ``[B, H, K]``, v ``[B, H, V]``, g ``[B, H]`` -> (o ``[B, H, V]``, state)."""
-    if resolve_backend(backend, q) == "triton":
+    if op_guard(backend, q, check_gated_linear_inputs, q, k, v, g, state, single_token=True) == "triton":
         return _triton().simple_gla_step_triton(q, k, v, clamp_gate(g), state, scale=scale)
     return _simple_gla_step_torch(q, k, v, g, state, scale=scale)
 
@@ -104,7 +105,9 @@ def gla_step(
     *, scale: float | None = None, backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One token: q, k, g ``[B, H, K]``, v ``[B, H, V]`` -> (o ``[B, H, V]``, state)."""
-    if resolve_backend(backend, q) == "triton":
+    if op_guard(
+        backend, q, check_gated_linear_inputs, q, k, v, g, state, per_channel=True, single_token=True
+    ) == "triton":
         return _triton().gla_step_triton(q, k, v, clamp_gate(g), state, scale=scale)
     return _gla_step_torch(q, k, v, g, state, scale=scale)
 
@@ -114,6 +117,6 @@ def linear_attn_step(
     *, eps: float = 1e-6, backend: str = "auto",
 ) -> tuple[torch.Tensor, LinearAttnState]:
     """One token: q, k ``[B, H, K]``, v ``[B, H, V]`` -> (o ``[B, H, V]``, state)."""
-    if resolve_backend(backend, q) == "triton":
+    if op_guard(backend, q, check_linear_attn_inputs, q, k, v, state, single_token=True) == "triton":
         return _triton().linear_attn_step_triton(q, k, v, state, eps=eps)
     return _linear_attn_step_torch(q, k, v, state, eps=eps)

@@ -27,40 +27,19 @@ Gradients flow by autograd into q, k, v, the gates and the initial state.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from lifelong.kernels.gated_linear.reference import (
     LinearAttnState,
-    check_gate,
-    check_linear_attn_state,
-    check_qkv,
-    check_state,
     clamp_gate,
     default_scale,
     zero_linear_attn_state,
-    zero_state,
 )
+from lifelong.kernels.utils.checks import check_chunk_size, check_gated_linear_inputs, check_linear_attn_inputs
+from lifelong.kernels.utils.layout import to_chunks, zero_state
 
 
 #: largest log-decay span within a chunk for GLA's one-matmul intra-chunk form (factors <= e^60)
 FACTORED_SPAN_LIMIT = 120.0
-
-
-def _check_chunk_size(chunk_size: int, *, power_of_two: bool = False) -> None:
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    if power_of_two and chunk_size & (chunk_size - 1):
-        raise ValueError(f"gla needs a power-of-two chunk_size (e.g. 16, 32, 64), got {chunk_size}")
-
-
-def _to_chunks(x: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """``[B, T, H, *D]`` -> fp32 ``[B, H, N, C, *D]`` with T zero-padded to ``N * C``."""
-    x = x.float().movedim(1, 2)  # [B, H, T, *D]
-    T = x.shape[2]
-    pad = -T % chunk_size
-    if pad:
-        x = F.pad(x, (0, 0) * (x.dim() - 3) + (0, pad))
-    return x.reshape(*x.shape[:2], -1, chunk_size, *x.shape[3:])
 
 
 def _from_chunks(o: torch.Tensor, T: int) -> torch.Tensor:
@@ -97,18 +76,16 @@ def simple_gla_chunk(
     q, k ``[B, T, H, K]``, v ``[B, T, H, V]``, g ``[B, T, H]``, state ``[B, H, K, V]`` or None.
     Returns o ``[B, T, H, V]`` (dtype of v) and the final state ``[B, H, K, V]`` fp32.
     """
-    check_qkv(q, k, v, single_token=False)
-    check_gate(g, k, per_channel=False)
-    check_state(state, k, v)
-    _check_chunk_size(chunk_size)
+    check_gated_linear_inputs(q, k, v, g, state)
+    check_chunk_size(chunk_size)
     T = q.shape[1]
     C = min(chunk_size, max(T, 1))
     S0 = zero_state(k, v) if state is None else state.float()
     if T == 0:
         return v.new_zeros(v.shape), S0
-    qc = _to_chunks(q, C) * default_scale(q, scale)  # [B, H, N, C, K]
-    kc, vc = _to_chunks(k, C), _to_chunks(v, C)
-    b = _to_chunks(clamp_gate(g).unsqueeze(-1), C).squeeze(-1).cumsum(-1)  # [B, H, N, C]
+    qc = to_chunks(q, C) * default_scale(q, scale)  # [B, H, N, C, K]
+    kc, vc = to_chunks(k, C), to_chunks(v, C)
+    b = to_chunks(clamp_gate(g).unsqueeze(-1), C).squeeze(-1).cumsum(-1)  # [B, H, N, C]
 
     # intra-chunk: decayed causal attention matrix, every exponent <= 0 after masking
     diff = (b.unsqueeze(-1) - b.unsqueeze(-2)).masked_fill(~_causal_mask(C, q.device), float("-inf"))
@@ -168,18 +145,16 @@ def gla_chunk(
     q, k, g ``[B, T, H, K]``, v ``[B, T, H, V]``, state ``[B, H, K, V]`` or None; chunk_size a power
     of two. Returns o ``[B, T, H, V]`` (dtype of v) and the final state ``[B, H, K, V]`` fp32.
     """
-    check_qkv(q, k, v, single_token=False)
-    check_gate(g, k, per_channel=True)
-    check_state(state, k, v)
-    _check_chunk_size(chunk_size, power_of_two=True)
+    check_gated_linear_inputs(q, k, v, g, state, per_channel=True)
+    check_chunk_size(chunk_size, power_of_two_for="gla")
     T = q.shape[1]
     C = min(chunk_size, 1 << max(T - 1, 0).bit_length())  # no more padding than one chunk needs
     S0 = zero_state(k, v) if state is None else state.float()
     if T == 0:
         return v.new_zeros(v.shape), S0
-    qc = _to_chunks(q, C) * default_scale(q, scale)  # [B, H, N, C, K]
-    kc, vc = _to_chunks(k, C), _to_chunks(v, C)
-    b = _to_chunks(clamp_gate(g), C).cumsum(-2)  # [B, H, N, C, K]
+    qc = to_chunks(q, C) * default_scale(q, scale)  # [B, H, N, C, K]
+    kc, vc = to_chunks(k, C), to_chunks(v, C)
+    b = to_chunks(clamp_gate(g), C).cumsum(-2)  # [B, H, N, C, K]
 
     span = float((b[..., 0, :] - b[..., -1, :]).detach().max())  # log decay within the chunks, >= 0
     o = (_gla_intra_factored if span <= FACTORED_SPAN_LIMIT else _gla_intra)(qc, kc, vc, b)
@@ -200,16 +175,15 @@ def linear_attn_chunk(
     ``LinearAttnState(S [B, H, K, V], z [B, H, K])`` or None. The normaliser rides along as an
     extra value column of ones. Returns o ``[B, T, H, V]`` and the final state.
     """
-    check_qkv(q, k, v, single_token=False)
-    check_linear_attn_state(state, k, v)
-    _check_chunk_size(chunk_size)
+    check_linear_attn_inputs(q, k, v, state)
+    check_chunk_size(chunk_size)
     T = q.shape[1]
     C = min(chunk_size, max(T, 1))
     S0, z0 = zero_linear_attn_state(k, v) if state is None else (state[0].float(), state[1].float())
     if T == 0:
         return v.new_zeros(v.shape), LinearAttnState(S0, z0)
-    qc, kc = _to_chunks(q, C), _to_chunks(k, C)
-    vc = _to_chunks(v, C)
+    qc, kc = to_chunks(q, C), to_chunks(k, C)
+    vc = to_chunks(v, C)
     vz = torch.cat([vc, vc.new_ones(*vc.shape[:-1], 1)], dim=-1)  # [B, H, N, C, V + 1]
     Sz0 = torch.cat([S0, z0.unsqueeze(-1)], dim=-1)  # [B, H, K, V + 1]
 

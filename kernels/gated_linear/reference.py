@@ -22,6 +22,8 @@ from typing import NamedTuple
 
 import torch
 
+from lifelong.kernels.utils.checks import check_gated_linear_inputs, check_linear_attn_inputs
+from lifelong.kernels.utils.layout import zero_state
 
 class LinearAttnState(NamedTuple):
     """Linear attention's state: ``S [B, H, K, V]`` and the normaliser ``z [B, H, K]`` (fp32)."""
@@ -39,70 +41,17 @@ def clamp_gate(g: torch.Tensor) -> torch.Tensor:
     return g.float().clamp(GATE_LOG_MIN, 0.0)
 
 
-# ---- input checks ---------------------------------------------------------------------------
-
-
-def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, single_token: bool) -> None:
-    """Raise a ValueError naming the fix when q, k, v do not follow the layout of this module."""
-    ndim = 3 if single_token else 4
-    lead = "[B, H" if single_token else "[B, T, H"
-    if q.dim() != ndim or k.dim() != ndim or v.dim() != ndim:
-        hint = (
-            " (use the sequence op for [B, T, H, K] inputs)" if single_token
-            else " (use the *_step op for one token [B, H, K])"
-        )
-        raise ValueError(
-            f"q, k, v must be {lead}, K/V] tensors ({ndim}-D); got q {tuple(q.shape)}, "
-            f"k {tuple(k.shape)}, v {tuple(v.shape)}{hint}"
-        )
-    if q.shape != k.shape:
-        raise ValueError(f"q and k must have the same shape, got {tuple(q.shape)} and {tuple(k.shape)}")
-    if v.shape[:-1] != k.shape[:-1]:
-        raise ValueError(f"v {tuple(v.shape)} must match k {tuple(k.shape)} in every dim but the last")
-
-
-def check_gate(g: torch.Tensor, k: torch.Tensor, *, per_channel: bool) -> None:
-    """g must be ``k.shape[:-1]`` (scalar per head) or ``k.shape`` (per key channel)."""
-    want = tuple(k.shape) if per_channel else tuple(k.shape[:-1])
-    if tuple(g.shape) != want:
-        what = "one log-decay per key channel (gla)" if per_channel else "one log-decay per head (simple_gla)"
-        raise ValueError(f"g must have shape {want}: {what}; got {tuple(g.shape)}")
-
-
-def check_state(state: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor) -> None:
-    if state is None:
-        return
-    B, H, K, V = k.shape[0], k.shape[-2], k.shape[-1], v.shape[-1]
-    if not isinstance(state, torch.Tensor):
-        raise TypeError(f"state must be a [B, H, K, V] tensor (pass state.S for a GLAState), got {type(state)}")
-    if tuple(state.shape) != (B, H, K, V):
-        raise ValueError(f"state must be [B, H, K, V] = {(B, H, K, V)}, got {tuple(state.shape)}")
-
-
-def check_linear_attn_state(state: LinearAttnState | None, k: torch.Tensor, v: torch.Tensor) -> None:
-    if state is None:
-        return
-    if not isinstance(state, tuple) or len(state) != 2:
-        raise TypeError("linear attention's state must be LinearAttnState(S [B,H,K,V], z [B,H,K]) or None")
-    B, H, K, V = k.shape[0], k.shape[-2], k.shape[-1], v.shape[-1]
-    if tuple(state[0].shape) != (B, H, K, V) or tuple(state[1].shape) != (B, H, K):
-        raise ValueError(
-            f"LinearAttnState must hold S {(B, H, K, V)} and z {(B, H, K)}, got S "
-            f"{tuple(state[0].shape)} and z {tuple(state[1].shape)}"
-        )
-
-
-def zero_state(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """A zero fp32 state ``[B, H, K, V]`` for k ``[B, (T,) H, K]`` and v ``[B, (T,) H, V]``."""
-    return torch.zeros(k.shape[0], k.shape[-2], k.shape[-1], v.shape[-1], dtype=torch.float32, device=k.device)
+# ---- states and scale -----------------------------------------------------------------------
 
 
 def zero_linear_attn_state(k: torch.Tensor, v: torch.Tensor) -> LinearAttnState:
+    """Zero ``LinearAttnState(S [B, H, K, V], z [B, H, K])`` fp32 for k ``[B, (T,) H, K]``, v ``[B, (T,) H, V]``."""
     S = zero_state(k, v)
     return LinearAttnState(S, S.new_zeros(S.shape[:-1]))
 
 
 def default_scale(q: torch.Tensor, scale: float | None) -> float:
+    """``K ** -0.5`` when ``scale`` is None."""
     return q.shape[-1] ** -0.5 if scale is None else float(scale)
 
 
@@ -113,9 +62,7 @@ def _gated_reference(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, state: torch.Tensor | None,
     scale: float | None, per_channel: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    check_qkv(q, k, v, single_token=False)
-    check_gate(g, k, per_channel=per_channel)
-    check_state(state, k, v)
+    check_gated_linear_inputs(q, k, v, g, state, per_channel=per_channel)
     scale = default_scale(q, scale)
     S = zero_state(k, v) if state is None else state.float()
     qf, kf, vf = q.float() * scale, k.float(), v.float()
@@ -160,8 +107,7 @@ def linear_attn_reference(
     ``S_t = S_{t-1} + k_t v_t^T``, ``z_t = z_{t-1} + k_t``, ``o_t = S_t^T q_t / (z_t^T q_t + eps)``.
     Returns o ``[B, T, H, V]`` and ``LinearAttnState(S [B, H, K, V], z [B, H, K])``.
     """
-    check_qkv(q, k, v, single_token=False)
-    check_linear_attn_state(state, k, v)
+    check_linear_attn_inputs(q, k, v, state)
     S, z = zero_linear_attn_state(k, v) if state is None else (state[0].float(), state[1].float())
     qf, kf, vf = q.float(), k.float(), v.float()
     outs = []
@@ -188,9 +134,7 @@ def simple_gla_step(
     *, scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One token of simple GLA: q, k ``[B, H, K]``, v ``[B, H, V]``, g ``[B, H]`` -> (o ``[B, H, V]``, S)."""
-    check_qkv(q, k, v, single_token=True)
-    check_gate(g, k, per_channel=False)
-    check_state(state, k, v)
+    check_gated_linear_inputs(q, k, v, g, state, single_token=True)
     S = zero_state(k, v) if state is None else state.float()
     kf, vf = k.float(), v.float()
     S = torch.addcmul(S * clamp_gate(g).exp()[..., None, None], kf.unsqueeze(-1), vf.unsqueeze(-2))
@@ -203,9 +147,7 @@ def gla_step(
     *, scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One token of GLA: q, k, g ``[B, H, K]``, v ``[B, H, V]`` -> (o ``[B, H, V]``, S ``[B, H, K, V]``)."""
-    check_qkv(q, k, v, single_token=True)
-    check_gate(g, k, per_channel=True)
-    check_state(state, k, v)
+    check_gated_linear_inputs(q, k, v, g, state, per_channel=True, single_token=True)
     S = zero_state(k, v) if state is None else state.float()
     kf, vf = k.float(), v.float()
     S = torch.addcmul(S * clamp_gate(g).exp().unsqueeze(-1), kf.unsqueeze(-1), vf.unsqueeze(-2))
@@ -218,8 +160,7 @@ def linear_attn_step(
     *, eps: float = 1e-6,
 ) -> tuple[torch.Tensor, LinearAttnState]:
     """One token of linear attention: q, k ``[B, H, K]``, v ``[B, H, V]`` -> (o ``[B, H, V]``, state)."""
-    check_qkv(q, k, v, single_token=True)
-    check_linear_attn_state(state, k, v)
+    check_linear_attn_inputs(q, k, v, state, single_token=True)
     S, z = zero_linear_attn_state(k, v) if state is None else (state[0].float(), state[1].float())
     qf, kf = q.float(), k.float()
     S = torch.addcmul(S, kf.unsqueeze(-1), v.float().unsqueeze(-2))

@@ -4,7 +4,7 @@
     (GLA: S_t = Diag(e^{g_t}) S_{t-1} + k_t v_t^T with g_t per key channel)
 
 Chunked forward and backward (autograd Functions over the shared kernels of
-``kernels/triton_utils.py``) and a fused single-token step for acting. Linear attention is simple
+``kernels/common/``) and a fused single-token step for acting. Linear attention is simple
 GLA without decay on ``[v, 1]``: the extra value column carries the normaliser z.
 
 GLA's intra-chunk scores carry a per-channel decay, so they are summed over ``[BT, BT, BK]`` blocks
@@ -21,18 +21,18 @@ from __future__ import annotations
 
 import torch
 
-from lifelong.kernels.gated_linear.reference import LinearAttnState, clamp_gate
-from lifelong.kernels.triton_utils import (
-    check_chunk_size,
-    chunk_bwd_dh,
-    chunk_bwd_dqk,
-    chunk_bwd_dv,
-    chunk_fwd_h,
-    chunk_fwd_o,
-    chunk_local_cumsum,
-    fused_step,
-    require_triton_device,
+from lifelong.kernels.common.chunk_h import chunk_bwd_dh, chunk_fwd_h
+from lifelong.kernels.common.chunk_o import chunk_bwd_dqk, chunk_bwd_dv, chunk_fwd_o
+from lifelong.kernels.common.cumsum import chunk_local_cumsum
+from lifelong.kernels.common.fused_step import fused_step
+from lifelong.kernels.gated_linear.reference import LinearAttnState, clamp_gate, zero_linear_attn_state
+from lifelong.kernels.utils.backend import require_triton_device
+from lifelong.kernels.utils.checks import (
+    check_gated_linear_inputs,
+    check_linear_attn_inputs,
+    check_triton_chunk_size,
 )
+from lifelong.kernels.utils.layout import zero_state
 
 __all__ = [
     "simple_gla_triton",
@@ -77,19 +77,6 @@ class ChunkGatedLinearFunction(torch.autograd.Function):
         )
 
 
-def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor | None) -> None:
-    require_triton_device(q)
-    if q.dim() != 4 or q.shape != k.shape or v.shape[:-1] != q.shape[:-1]:
-        raise ValueError(
-            f"expected q, k [B, T, H, K] and v [B, T, H, V]; got q {tuple(q.shape)}, k {tuple(k.shape)}, "
-            f"v {tuple(v.shape)} (use the *_step_triton op for one token [B, H, K])"
-        )
-    if state is not None and state.shape != (q.shape[0], q.shape[2], q.shape[3], v.shape[3]):
-        raise ValueError(
-            f"state must be [B, H, K, V] = {(q.shape[0], q.shape[2], q.shape[3], v.shape[3])}, got {tuple(state.shape)}"
-        )
-
-
 def simple_gla_triton(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -101,10 +88,9 @@ def simple_gla_triton(
     chunk_size: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked simple GLA: o ``[B, T, H, V]`` (dtype of v), final state ``[B, H, K, V]`` fp32."""
-    _check(q, k, v, state)
-    if g is not None and g.shape != q.shape[:3]:
-        raise ValueError(f"g must be [B, T, H] = {tuple(q.shape[:3])} (log decay per head), got {tuple(g.shape)}")
-    check_chunk_size(chunk_size)
+    require_triton_device(q)
+    check_gated_linear_inputs(q, k, v, g, state, counterpart="simple_gla_step_triton")
+    check_triton_chunk_size(chunk_size)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     h0 = state.float().contiguous() if state is not None else None
     return ChunkGatedLinearFunction.apply(
@@ -126,10 +112,9 @@ def gla_triton(
     """Chunked GLA, g ``[B, T, H, K]``: o ``[B, T, H, V]`` (dtype of v), state ``[B, H, K, V]`` fp32.
 
     Runs on chunks of ``GLA_CHUNK`` tokens; ``chunk_size`` is checked and otherwise unused."""
-    _check(q, k, v, state)
-    if g.shape != q.shape:
-        raise ValueError(f"g must be [B, T, H, K] = {tuple(q.shape)} (log decay per key channel), got {tuple(g.shape)}")
-    check_chunk_size(chunk_size)
+    require_triton_device(q)
+    check_gated_linear_inputs(q, k, v, g, state, per_channel=True, counterpart="gla_step_triton")
+    check_triton_chunk_size(chunk_size)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     h0 = state.float().contiguous() if state is not None else None
     return ChunkGatedLinearFunction.apply(
@@ -148,11 +133,10 @@ def gla_step_triton(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One token of GLA: q, k, g ``[B, H, K]``, v ``[B, H, V]`` -> o ``[B, H, V]``, state fp32."""
     require_triton_device(q)
-    if q.dim() != 3:
-        raise ValueError(f"step ops take q, k [B, H, K]; got q {tuple(q.shape)} (use gla_triton for [B, T, H, K])")
+    check_gated_linear_inputs(q, k, v, g, state, per_channel=True, single_token=True, counterpart="gla_triton")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if state is None:
-        state = q.new_zeros(q.shape[0], q.shape[1], q.shape[2], v.shape[-1], dtype=torch.float32)
+        state = zero_state(k, v)
     if _needs_grad(q, k, v, g, state):
         o, s = gla_triton(q[:, None], k[:, None], v[:, None], g[:, None], state, scale=scale)
         return o[:, 0], s
@@ -176,25 +160,16 @@ def simple_gla_step_triton(
 
     Fused kernel when no gradient is needed (acting); the chunked Function on T = 1 otherwise."""
     require_triton_device(q)
-    if q.dim() != 3:
-        raise ValueError(
-            f"step ops take q, k [B, H, K]; got q {tuple(q.shape)} (use simple_gla_triton for [B, T, H, K])"
-        )
+    check_gated_linear_inputs(q, k, v, g, state, single_token=True, counterpart="simple_gla_triton")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if state is None:
-        state = q.new_zeros(q.shape[0], q.shape[1], q.shape[2], v.shape[-1], dtype=torch.float32)
+        state = zero_state(k, v)
     if _needs_grad(q, k, v, g, state):
         o, s = simple_gla_triton(
             q[:, None], k[:, None], v[:, None], g[:, None] if g is not None else None, state, scale=scale, chunk_size=16
         )
         return o[:, 0], s
     return fused_step(q, k, v, clamp_gate(g) if g is not None else None, None, state.float(), scale)
-
-
-def _zero_linear_state(q: torch.Tensor, v: torch.Tensor) -> LinearAttnState:
-    B, H, K, V = q.shape[0], q.shape[-2], q.shape[-1], v.shape[-1]
-    S = torch.zeros(B, H, K, V, dtype=torch.float32, device=q.device)
-    return LinearAttnState(S, S.new_zeros(B, H, K))
 
 
 def _augment(v: torch.Tensor, S: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,9 +197,10 @@ def linear_attn_triton(
 
     ``state`` is ``LinearAttnState(S [B, H, K, V], z [B, H, K])`` fp32 or None (zeros). Returns
     (o ``[B, T, H, V]``, LinearAttnState). Runs simple GLA without decay on ``[v, 1]``."""
-    _check(q, k, v, None)
-    check_chunk_size(chunk_size)
-    state = _zero_linear_state(q, v) if state is None else state
+    require_triton_device(q)
+    check_linear_attn_inputs(q, k, v, state, counterpart="linear_attn_step_triton")
+    check_triton_chunk_size(chunk_size)
+    state = zero_linear_attn_state(k, v) if state is None else state
     v_aug, s_aug = _augment(v, state[0], state[1])
     o_aug, s_new = ChunkGatedLinearFunction.apply(
         q.contiguous(), k.contiguous(), v_aug.contiguous(), None, s_aug.contiguous(), 1.0, chunk_size, False
@@ -242,11 +218,8 @@ def linear_attn_step_triton(
 ):
     """One token of linear attention: q, k ``[B, H, K]``, v ``[B, H, V]`` -> o ``[B, H, V]``, state."""
     require_triton_device(q)
-    if q.dim() != 3:
-        raise ValueError(
-            f"step ops take q, k [B, H, K]; got q {tuple(q.shape)} (use linear_attn_triton for [B, T, H, K])"
-        )
-    state = _zero_linear_state(q, v) if state is None else state
+    check_linear_attn_inputs(q, k, v, state, single_token=True, counterpart="linear_attn_triton")
+    state = zero_linear_attn_state(k, v) if state is None else state
     if _needs_grad(q, k, v, state[0], state[1]):
         o, s = linear_attn_triton(q[:, None], k[:, None], v[:, None], state, eps=eps, chunk_size=16)
         return o[:, 0], s

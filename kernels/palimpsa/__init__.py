@@ -1,13 +1,13 @@
 """Palimpsa (Bayesian metaplasticity, arXiv 2602.09075): dispatching ops.
 
 ``palimpsa`` runs a sequence (chunked torch form on CPU, Triton on CUDA); ``palimpsa_step`` one
-token. Both take and return the ratio-form ``PalimpsaState(M, I_tilde)`` (see ``reference.py``).
+token. Both take and return the ratio-form ``PalimpsaState(M, I_tilde)`` (see ``reference.py``), and
+check their inputs and pick the backend through ``kernels.utils.guard.op_guard``.
 """
 from __future__ import annotations
 
 import torch
 
-from lifelong.kernels.backend import resolve_backend
 from lifelong.kernels.palimpsa.chunk import palimpsa_chunk
 from lifelong.kernels.palimpsa.reference import (
     PalimpsaState,
@@ -17,6 +17,8 @@ from lifelong.kernels.palimpsa.reference import (
     palimpsa_reference,
 )
 from lifelong.kernels.palimpsa.reference import palimpsa_step as palimpsa_step_torch
+from lifelong.kernels.utils.checks import check_palimpsa_inputs
+from lifelong.kernels.utils.guard import op_guard
 
 __all__ = [
     "PalimpsaState",
@@ -38,7 +40,7 @@ def palimpsa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor,
 
     Returns o ``[B, T, H, V]`` and the fp32 state after the last token.
     """
-    if resolve_backend(backend, q) == "triton":
+    if op_guard(backend, q, check_palimpsa_inputs, q, k, v, g, b, state) == "triton":
         from lifelong.kernels.palimpsa.triton import palimpsa_triton
 
         return palimpsa_triton(q, k, v, g, b, state, prior_precision=prior_precision, scale=scale,
@@ -51,7 +53,7 @@ def palimpsa_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Te
                   state: PalimpsaState | None, *, prior_precision: float | torch.Tensor = 1.0,
                   scale: float | None = None, backend: str = "auto") -> tuple[torch.Tensor, PalimpsaState]:
     """One token: q, k ``[B, H, K]``; v, b ``[B, H, V]``; g ``[B, H]`` -> (o ``[B, H, V]``, state)."""
-    if resolve_backend(backend, q) == "triton":
+    if op_guard(backend, q, check_palimpsa_inputs, q, k, v, g, b, state, single_token=True) == "triton":
         from lifelong.kernels.palimpsa.triton import palimpsa_step_triton
 
         return palimpsa_step_triton(q, k, v, g, b, state, prior_precision=prior_precision, scale=scale)

@@ -18,12 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from lifelong.kernels.palimpsa.reference import (
-    PalimpsaState,
-    resolve_state,
-    check_inputs,
-    prior_precision_tensor,
-)
+from lifelong.kernels.palimpsa.reference import PalimpsaState, prior_precision_tensor, resolve_state
+from lifelong.kernels.utils.checks import check_chunk_size, check_palimpsa_inputs
 
 
 def _chunk_states(k: torch.Tensor, v: torch.Tensor, b: torch.Tensor, g: torch.Tensor, M0: torch.Tensor,
@@ -135,9 +131,8 @@ def palimpsa_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.T
     Returns o ``[B, T, H, V]`` (q's dtype) and the final fp32 state; differentiable in every input,
     the initial state and the prior precision.
     """
-    check_inputs(q, k, v, g, b, state)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size}")
+    check_palimpsa_inputs(q, k, v, g, b, state)
+    check_chunk_size(chunk_size)
     H, K = q.shape[-2], q.shape[-1]
     scale = K ** -0.5 if scale is None else float(scale)
     state = resolve_state(q, v, state)

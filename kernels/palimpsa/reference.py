@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import torch
 
+from lifelong.kernels.utils.checks import check_palimpsa_inputs
 
 class PalimpsaState(NamedTuple):
     """Ratio-form state, fp32: ``M = mu . I`` and ``I_tilde = I - I_p``, both ``[B, H, K, V]``."""
@@ -50,29 +51,6 @@ def prior_precision_tensor(prior_precision: float | torch.Tensor, num_heads: int
     return torch.full((num_heads,), float(prior_precision), device=device, dtype=torch.float32)
 
 
-def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, b: torch.Tensor,
-                 state: PalimpsaState | None, *, step: bool = False) -> None:
-    """Shape checks with messages that name the expected layout."""
-    lead = 3 if step else 4
-    layout = "[B, H, K]" if step else "[B, T, H, K]"
-    if q.dim() != lead or k.shape != q.shape:
-        raise ValueError(f"q and k must both be {layout}, got {tuple(q.shape)} and {tuple(k.shape)}")
-    if v.shape[:-1] != q.shape[:-1]:
-        raise ValueError(f"v must be {layout[:-2]}V] matching q's leading dims, got {tuple(v.shape)}")
-    if g.shape != q.shape[:-1]:
-        raise ValueError(f"g (log decay) must be {layout[:-3]}] = {tuple(q.shape[:-1])}, got {tuple(g.shape)}; "
-                         "Palimpsa's decay is one scalar per head")
-    if b.shape != v.shape:
-        raise ValueError(f"b (importance rate) must have v's shape {tuple(v.shape)}, got {tuple(b.shape)}")
-    if state is not None:
-        B, H, K, V = q.shape[0], q.shape[-2], q.shape[-1], v.shape[-1]
-        if not isinstance(state, tuple) or len(state) != 2:
-            raise TypeError("state must be a PalimpsaState(M, I_tilde); use init_palimpsa_state(...)")
-        for name, s in zip(("M", "I_tilde"), state):
-            if tuple(s.shape) != (B, H, K, V):
-                raise ValueError(f"state.{name} must be [B, H, K, V] = {(B, H, K, V)}, got {tuple(s.shape)}")
-
-
 def resolve_state(q: torch.Tensor, v: torch.Tensor, state: PalimpsaState | None) -> PalimpsaState:
     """``state`` as fp32, or the prior (zeros) when None."""
     if state is not None:
@@ -87,7 +65,7 @@ def palimpsa_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Te
 
     Returns o ``[B, H, V]`` (q's dtype) and the new state (fp32).
     """
-    check_inputs(q, k, v, g, b, state, step=True)
+    check_palimpsa_inputs(q, k, v, g, b, state, single_token=True)
     H, K = q.shape[-2], q.shape[-1]
     scale = K ** -0.5 if scale is None else scale
     state = resolve_state(q, v, state)
@@ -106,7 +84,7 @@ def palimpsa_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: tor
                        scale: float | None = None) -> tuple[torch.Tensor, PalimpsaState]:
     """Naive loop over T of :func:`palimpsa_step`. q, k ``[B, T, H, K]``; v, b ``[B, T, H, V]``;
     g ``[B, T, H]``. Returns o ``[B, T, H, V]`` and the final state."""
-    check_inputs(q, k, v, g, b, state)
+    check_palimpsa_inputs(q, k, v, g, b, state)
     state = resolve_state(q, v, state)
     outputs = []
     for t in range(q.shape[1]):
@@ -126,7 +104,7 @@ def palimpsa_mu_form_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     mu, precision ``[B, H, K, V]`` are the posterior mean and precision before token 0 (a fresh
     state is ``mu = 0``, ``precision = I_p``). Returns o ``[B, T, H, V]``, mu_T and I_T.
     """
-    check_inputs(q, k, v, g, b, None)
+    check_palimpsa_inputs(q, k, v, g, b, None)
     H, K = q.shape[-2], q.shape[-1]
     scale = K ** -0.5 if scale is None else scale
     prior = prior_precision_tensor(prior_precision, H, q.device)[None, :, None, None]

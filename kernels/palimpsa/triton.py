@@ -19,38 +19,30 @@ import torch
 import triton
 import triton.language as tl
 
-from lifelong.kernels.backend import autotune_configs
-from lifelong.kernels.palimpsa.reference import (
-    PalimpsaState,
-    resolve_state,
-    check_inputs,
-    palimpsa_step as palimpsa_step_torch,
-    prior_precision_tensor,
-)
+from lifelong.kernels.palimpsa.reference import PalimpsaState, prior_precision_tensor, resolve_state
+from lifelong.kernels.palimpsa.reference import palimpsa_step as palimpsa_step_torch
+from lifelong.kernels.utils.autotune import warp_configs
+from lifelong.kernels.utils.backend import require_triton_device
+from lifelong.kernels.utils.checks import check_chunk_size, check_palimpsa_inputs
+from lifelong.kernels.utils.ops import masked_exp
+from lifelong.kernels.utils.tiles import block_size
 
 #: Chunk length of the Triton kernels: [BT, BK, BV] tiles live in registers, so BT stays small.
 TRITON_CHUNK = 16
 #: Largest K and V tile of one program; sums over several tiles are partials added by the wrapper.
-#: The backward keeps more [BT, BK, BV] tensors alive, so its V tile is halved. Compiled for sm_90
-#: with 8 warps, these sizes use <= 255 registers per thread and spill nothing (ptxas -v).
+#: The backward keeps more [BT, BK, BV] tensors alive, so its V tile is halved. The tiles are sized
+#: to compile without register spills for sm_80 / sm_90 with 8 warps (checked by the kernel tests).
 MAX_TILE = 16
 BWD_MAX_TILE_V = 8
-
-
-def _tile(n: int, cap: int | None = None) -> int:
-    return max(4, min(MAX_TILE if cap is None else min(cap, MAX_TILE), triton.next_power_of_2(n)))
-
-
-def _configs() -> list:
-    return autotune_configs([triton.Config({}, num_warps=w) for w in (8, 4)])
+#: Smallest tile side: the flattened BK * BV tile is a side of a tl.dot, which needs at least 16.
+MIN_TILE = 4
 
 
 @triton.jit
 def _decay_matrix(b_g, o_c):
     """Cumulative log decay G ``[BT]`` and the causal decay matrix L ``[BT, BT]`` of a chunk."""
     b_G = tl.cumsum(b_g, 0)
-    causal = o_c[:, None] >= o_c[None, :]
-    b_L = tl.where(causal, tl.exp(tl.where(causal, b_G[:, None] - b_G[None, :], 0.0)), 0.0)
+    b_L = masked_exp(b_G[:, None] - b_G[None, :], o_c[:, None] >= o_c[None, :])
     return b_G, b_L
 
 
@@ -72,7 +64,7 @@ def _chunk_states(b_k, b_v, b_b, b_G, b_L, b_M0, b_I0, BT: tl.constexpr, BK: tl.
     return b_M, b_I
 
 
-@triton.autotune(configs=_configs(), key=["K", "V", "BT", "BK", "BV"])
+@triton.autotune(configs=warp_configs((8, 3), (4, 3)), key=["K", "V", "BT", "BK", "BV"])
 @triton.jit
 def _palimpsa_fwd_kernel(
     q, k, v, g, b, prior, M0, I0, o_part, hs_M, hs_I, MT, IT, scale, T, NT,
@@ -121,7 +113,7 @@ def _palimpsa_fwd_kernel(
     tl.store(IT + i_bh * K * V + p_kv, b_I, mask=m_kv)
 
 
-@triton.autotune(configs=_configs(), key=["K", "V", "BT", "BK", "BV"])
+@triton.autotune(configs=warp_configs((8, 3), (4, 3)), key=["K", "V", "BT", "BK", "BV"])
 @triton.jit
 def _palimpsa_bwd_kernel(
     q, k, v, g, b, prior, hs_M, hs_I, do, dMT, dIT,
@@ -232,9 +224,9 @@ def _palimpsa_step_kernel(
     tl.store(I_out + p_kv, b_I, mask=m_kv)
 
 
-def _tiles(K: int, V: int, max_v: int | None = None) -> tuple[int, int, int, int]:
+def _tiles(K: int, V: int, max_v: int = MAX_TILE) -> tuple[int, int, int, int]:
     """Tile sides and tile counts: BK, BV, NK, NV."""
-    BK, BV = _tile(K), _tile(V, max_v)
+    BK, BV = block_size(K, MAX_TILE, MIN_TILE), block_size(V, max_v, MIN_TILE)
     return BK, BV, triton.cdiv(K, BK), triton.cdiv(V, BV)
 
 
@@ -298,9 +290,9 @@ def palimpsa_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.
 
     The kernels always use chunks of :data:`TRITON_CHUNK` tokens (their ``[BT, BK, BV]`` tiles
     live in registers); ``chunk_size`` is checked and otherwise ignored."""
-    check_inputs(q, k, v, g, b, state)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size}")
+    require_triton_device(q)
+    check_palimpsa_inputs(q, k, v, g, b, state)
+    check_chunk_size(chunk_size)
     H, K = q.shape[-2], q.shape[-1]
     scale = K ** -0.5 if scale is None else float(scale)
     state = resolve_state(q, v, state)
@@ -352,7 +344,8 @@ def palimpsa_step_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: t
                          state: PalimpsaState | None, *, prior_precision: float | torch.Tensor = 1.0,
                          scale: float | None = None) -> tuple[torch.Tensor, PalimpsaState]:
     """One token with the fused kernel: q, k ``[B, H, K]``; v, b ``[B, H, V]``; g ``[B, H]``."""
-    check_inputs(q, k, v, g, b, state, step=True)
+    require_triton_device(q)
+    check_palimpsa_inputs(q, k, v, g, b, state, single_token=True)
     H, K = q.shape[-2], q.shape[-1]
     scale = K ** -0.5 if scale is None else float(scale)
     state = resolve_state(q, v, state)

@@ -4,23 +4,24 @@ q, k, v ``[B, T, H, D]``, eta ``[B, T, H]`` (per-token inner learning rate), sta
 (weights and the pending mini-batch, see ``reference.py``), LayerNorm affine ``ln_weight``,
 ``ln_bias`` ``[H, D]``. Ops return the raw readout o = scale q W_t + b_t and the new state.
 There is no Triton kernel for this family: every backend runs the torch forms, which also run on
-CUDA tensors (``backend="triton"`` is refused with a message).
+CUDA tensors (``backend="triton"`` is refused with a message by ``kernels.utils.guard.op_guard``,
+which every op goes through).
 """
 from __future__ import annotations
 
 import torch
 
-from lifelong.kernels.backend import BACKENDS
 from lifelong.kernels.ttt.chunk import ttt_linear_chunk
 from lifelong.kernels.ttt.reference import (
     TTTState,
-    check_inputs,
     ln_fwd,
     ln_regression_grad,
     ttt_linear_reference,
     zero_ttt_state,
 )
 from lifelong.kernels.ttt.reference import ttt_linear_step as _ttt_linear_step_torch
+from lifelong.kernels.utils.checks import check_ttt_inputs
+from lifelong.kernels.utils.guard import op_guard
 
 __all__ = [
     "TTTState",
@@ -32,16 +33,6 @@ __all__ = [
     "ttt_linear_step",
     "zero_ttt_state",
 ]
-
-
-def _check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}: choose one of {BACKENDS}")
-    if backend == "triton":
-        raise NotImplementedError(
-            "TTT-Linear has no Triton kernel: use backend='auto' or 'torch' (the torch forms run on "
-            "CUDA tensors too)"
-        )
 
 
 def ttt_linear(
@@ -59,7 +50,9 @@ def ttt_linear(
     backend: str = "auto",
 ) -> tuple[torch.Tensor, TTTState]:
     """Mini-batch dual form over a sequence: o ``[B, T, H, D]``, final ``TTTState``."""
-    _check_backend(backend)
+    op_guard(
+        backend, q, check_ttt_inputs, q, k, v, eta, state, ln_weight, ln_bias, mini_batch_size, no_triton="TTT-Linear"
+    )
     return ttt_linear_chunk(
         q, k, v, eta, state, ln_weight=ln_weight, ln_bias=ln_bias, scale=scale, eps=eps,
         mini_batch_size=mini_batch_size,
@@ -81,9 +74,11 @@ def ttt_linear_step(
     backend: str = "auto",
 ) -> tuple[torch.Tensor, TTTState]:
     """One token: q, k, v ``[B, H, D]``, eta ``[B, H]`` -> o ``[B, H, D]``, new ``TTTState``."""
-    _check_backend(backend)
+    op_guard(
+        backend, q, check_ttt_inputs, q, k, v, eta, state, ln_weight, ln_bias, mini_batch_size, single_token=True,
+        no_triton="TTT-Linear",
+    )
     if state is None:
-        check_inputs(q, k, v, eta, None, ln_weight, ln_bias, mini_batch_size, single_token=True)
         state = zero_ttt_state(q.shape[0], q.shape[1], q.shape[2], q.device)
     return _ttt_linear_step_torch(
         q, k, v, eta, state, ln_weight=ln_weight, ln_bias=ln_bias, scale=scale, eps=eps,

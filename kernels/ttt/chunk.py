@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from lifelong.kernels.ttt.reference import TTTState, check_inputs, ln_regression_grad, zero_ttt_state
+from lifelong.kernels.ttt.reference import TTTState, ln_regression_grad, zero_ttt_state
+from lifelong.kernels.utils.checks import check_ttt_inputs
 
 
 def _place(x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
@@ -42,7 +43,7 @@ def ttt_linear_chunk(
     mini_batch_size: int = 16,
 ) -> tuple[torch.Tensor, TTTState]:
     """q, k, v ``[B, T, H, D]``, eta ``[B, T, H]`` -> raw readout o ``[B, T, H, D]``, final state."""
-    check_inputs(q, k, v, eta, state, ln_weight, ln_bias, mini_batch_size)
+    check_ttt_inputs(q, k, v, eta, state, ln_weight, ln_bias, mini_batch_size)
     B, T, H, D = q.shape
     M = mini_batch_size
     scale = D**-0.5 if scale is None else scale

@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 import torch
 
+from lifelong.kernels.utils.checks import check_ttt_inputs
 
 class TTTState(NamedTuple):
     """Inner-model weights and the pending mini-batch (constant size)."""
@@ -44,46 +45,6 @@ def zero_ttt_state(batch_size: int, num_heads: int, head_dim: int, device: torch
     z = torch.zeros(batch_size, num_heads, head_dim, head_dim, dtype=torch.float32, device=device)
     zb = torch.zeros(batch_size, num_heads, 1, head_dim, dtype=torch.float32, device=device)
     return TTTState(z, zb, z.clone(), zb.clone(), torch.zeros(batch_size, dtype=torch.long, device=device))
-
-
-def check_inputs(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    eta: torch.Tensor,
-    state: TTTState | None,
-    ln_weight: torch.Tensor,
-    ln_bias: torch.Tensor,
-    mini_batch_size: int,
-    *,
-    single_token: bool = False,
-) -> None:
-    """Raise a ValueError naming the fix when the inputs do not follow the layout above."""
-    ndim = 3 if single_token else 4
-    layout = "[B, H, D]" if single_token else "[B, T, H, D]"
-    if q.dim() != ndim or q.shape != k.shape or k.shape != v.shape:
-        raise ValueError(
-            f"q, k, v must all be {layout} with one D (TTT's target v - k needs K = V); got q "
-            f"{tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
-        )
-    if eta.shape != k.shape[:-1]:
-        raise ValueError(f"eta must be {layout[:-4]}] = {tuple(k.shape[:-1])}, got {tuple(eta.shape)}")
-    H, D = k.shape[-2], k.shape[-1]
-    if ln_weight.shape != (H, D) or ln_bias.shape != (H, D):
-        raise ValueError(
-            f"ln_weight and ln_bias must be [H, V] = {(H, D)}, got {tuple(ln_weight.shape)} and "
-            f"{tuple(ln_bias.shape)}"
-        )
-    if mini_batch_size < 1:
-        raise ValueError(f"mini_batch_size must be >= 1, got {mini_batch_size}")
-    if state is not None:
-        if not isinstance(state, TTTState):
-            raise ValueError(f"state must be a TTTState (or None for zeros), got {type(state).__name__}")
-        B = k.shape[0]
-        shapes = [tuple(t.shape) for t in state]
-        expected = [(B, H, D, D), (B, H, 1, D), (B, H, D, D), (B, H, 1, D), (B,)]
-        if shapes != expected:
-            raise ValueError(f"TTTState shapes must be {expected}, got {shapes}")
 
 
 def ln_fwd(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
@@ -158,7 +119,7 @@ def ttt_linear_reference(
     mini_batch_size: int = 16,
 ) -> tuple[torch.Tensor, TTTState]:
     """Naive fp32 loop over T of :func:`ttt_linear_step`: o ``[B, T, H, D]``, final state."""
-    check_inputs(q, k, v, eta, state, ln_weight, ln_bias, mini_batch_size)
+    check_ttt_inputs(q, k, v, eta, state, ln_weight, ln_bias, mini_batch_size)
     B, T, H, D = q.shape
     if state is None:
         state = zero_ttt_state(B, H, D, q.device)

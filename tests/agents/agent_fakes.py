@@ -7,8 +7,11 @@
   A memoryless policy succeeds half the time.
 * :class:`CueStream`: a two-task stream of CueEnv (``plain``, then ``flipped`` where the rewarded
   action is the other one), with the info keys and state_dict of ``envs.stream.StreamEnv``.
-* :class:`FakeTracker`: records every call of the Tracker interface.
+* :class:`FakeTracker` and :class:`FakeProber`: record every call of the lifetime's tracker and
+  prober protocols.
 * :func:`make_collector`: a small agent acting in CueEnvs (the fake mixer or a real one).
+* :func:`fake_lifetime`: a small Lifetime on a CueStream with the fakes above;
+  :func:`compose_config`: the real Hydra config, for lifetimes built by ``build_lifetime``.
 """
 from __future__ import annotations
 
@@ -18,16 +21,21 @@ from typing import Any, NamedTuple
 import gymnasium as gym
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from gymnasium import spaces
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
-from lifelong.agents.loop import RolloutCollector
+from lifelong.agents.buffer import RolloutBuffer
+from lifelong.agents.build import lifetime_settings, seed_everything
+from lifelong.agents.loop import Lifetime, LifetimeTracker, Prober
 from lifelong.agents.policy import LifelongAgent
-from lifelong.memory_layers.base import MemoryMixer
+from lifelong.agents.ppo import PPOConfig, PPOLearner
+from lifelong.agents.rollout import RolloutCollector
+from lifelong.config_files import config_dir
+from lifelong.memory_layers.protocol import MemoryMixer
 from lifelong.memory_layers.registry import load_memory_config
-
 
 
 class DecayMixerState(NamedTuple):
@@ -92,7 +100,7 @@ def make_collector(name: str = "decay", reset_on: str = "never", num_envs: int =
     torch.manual_seed(seed)
     env = gym.vector.SyncVectorEnv([lambda: CueEnv(delay=1) for _ in range(num_envs)])
     agent = LifelongAgent(env.single_observation_space, env.single_action_space, memory_cfg(name, reset_on),
-                          d_model=16, num_layers=2)
+                          d_model=16, num_layers=2, mlp_ratio=2.0)
     collector = RolloutCollector(env, agent, reset_on)
     collector.reset(seed)
     return agent, collector
@@ -200,17 +208,17 @@ class CueStream(gym.Env):
             e.np_random.bit_generator.state = sd["envs"][n]["rng"]
 
 
-def make_cue_vector_env(stream_cfg: Any, num_envs: int, seed: int) -> gym.vector.SyncVectorEnv:
-    block_steps = int(stream_cfg.get("block_steps", 40)) if stream_cfg is not None else 40
+def cue_vector_env(num_envs: int, block_steps: int = 40) -> gym.vector.SyncVectorEnv:
+    """``num_envs`` lifetimes of a 3-block :class:`CueStream` (NEXT_STEP autoreset, like the stream envs)."""
     return gym.vector.SyncVectorEnv([lambda: CueStream(block_steps) for _ in range(num_envs)],
                                     autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
 
 
-class FakeTracker:
+class FakeTracker(LifetimeTracker):
     """Records calls; ``should_probe`` every ``probe_every`` steps."""
 
-    def __init__(self, run_dir, task_names, hparams, probe_every, probe_episodes, adaptation_k=5) -> None:
-        self.task_names, self.hparams, self.probe_every = task_names, hparams, probe_every
+    def __init__(self, probe_every: int) -> None:
+        self.probe_every = probe_every
         self.calls: dict[str, list] = {k: [] for k in ("episode", "switch", "scalars", "memory", "plasticity",
                                                         "probe")}
         self.last_probe = 0
@@ -225,8 +233,8 @@ class FakeTracker:
     def log_scalars(self, step, scalars):
         self.calls["scalars"].append((step, dict(scalars)))
 
-    def log_memory(self, step, metrics):
-        self.calls["memory"].append((step, metrics))
+    def log_memory(self, step, state_metrics):
+        self.calls["memory"].append((step, state_metrics))
 
     def log_plasticity(self, step, features, model, grad_norm):
         self.calls["plasticity"].append((step, {k: tuple(v.shape) for k, v in features.items()}, grad_norm))
@@ -250,28 +258,37 @@ class FakeTracker:
         self.calls, self.last_probe = copy.deepcopy(sd["calls"]), sd["last_probe"]
 
 
-def fake_run_probe(agent, memory, stream_cfg, task_names, episodes, seed, device):
-    """A probe that only checks its inputs: returns success 0.5 for every task."""
-    assert isinstance(memory, tuple) and memory[0].S.dim() == 4
-    return {name: {"success": 0.5, "return": 0.0, "steps": 0} for name in task_names}
+class FakeProber(Prober):
+    """A probe that only checks its inputs and records ``(tasks, seed)``: success 0.5 on every task."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], int]] = []
+
+    def __call__(self, agent, memory, tasks, seed):
+        assert isinstance(memory, tuple) and memory[0].S.dim() == 4
+        self.calls.append((list(tasks), seed))
+        return {name: {"success": 0.5, "return": 0.0, "steps": 0} for name in tasks}
 
 
-def lifetime_cfg(**overrides):
-    cfg = OmegaConf.create({
-        "seed": 0, "device": "cpu", "total_steps": None, "num_envs": 2, "compile": False, "checkpoint_every": 0,
-        "memory": decay_memory_cfg(),
-        "stream": {"name": "cue", "block_steps": 40},
-        "agent": {"d_model": 16, "num_layers": 1, "mlp_ratio": 2.0, "segment_length": 8, "lr": 1e-3,
-                  "update_epochs": 2, "num_minibatches": 1},
-        "tracker": {"probe_every": 64, "probe_episodes": 1, "adaptation_k": 3, "log_every": 16},
-    })
-    return OmegaConf.merge(cfg, OmegaConf.create(overrides))
+def compose_config(*overrides: str) -> DictConfig:
+    """The run config ``lifelong run OVERRIDES...`` would get (``configs/config.yaml`` and its groups)."""
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
 
 
-def use_fakes(monkeypatch) -> None:
-    """Route Lifetime's env, tracker and probe construction to the fakes above."""
-    import lifelong.agents.loop as loop
-
-    monkeypatch.setattr(loop, "make_vector_env", make_cue_vector_env)
-    monkeypatch.setattr(loop, "make_tracker", FakeTracker)
-    monkeypatch.setattr(loop, "run_probe", fake_run_probe)
+def fake_lifetime(run_dir, seed: int = 0, reset_on: str = "never", block_steps: int = 40,
+                  total_steps: int | None = None) -> Lifetime:
+    """Two lifetimes of a :class:`CueStream` for a 1-layer d=16 agent with the decay mixer, learning
+    from segments of 8 tokens, reporting to a :class:`FakeTracker` (a probe every 64 steps) and probed
+    by a :class:`FakeProber`."""
+    cfg = compose_config(f"seed={seed}", "num_envs=2", "agent.d_model=16", "agent.num_layers=1",
+                         "agent.segment_length=8", "agent.lr=1e-3", "agent.update_epochs=2", "tracker.log_every=16")
+    seed_everything(seed)
+    vec_env = cue_vector_env(cfg.num_envs, block_steps)
+    settings = lifetime_settings(vec_env, run_dir, seed, total_steps, cfg.tracker.log_every, cfg.checkpoint_every)
+    agent = LifelongAgent(vec_env.single_observation_space, vec_env.single_action_space,
+                          decay_memory_cfg(reset_on), cfg.agent.d_model, cfg.agent.num_layers, cfg.agent.mlp_ratio)
+    learner = PPOLearner(agent, PPOConfig.from_cfg(cfg.agent), compile=cfg.compile, seed=seed)
+    collector = RolloutCollector(vec_env, agent, reset_on)
+    buffer = RolloutBuffer(cfg.num_envs, cfg.agent.segment_length)
+    return Lifetime(agent, collector, buffer, learner, FakeTracker(probe_every=64), FakeProber(), settings)

@@ -11,9 +11,9 @@ import torch
 from agent_fakes import CueEnv, decay_memory_cfg
 
 from lifelong.agents.buffer import RolloutBuffer
-from lifelong.agents.loop import RolloutCollector
 from lifelong.agents.policy import LifelongAgent
 from lifelong.agents.ppo import PPOConfig, PPOLearner
+from lifelong.agents.rollout import RolloutCollector
 
 NUM_ENVS, SEGMENT = 8, 32
 
@@ -22,10 +22,10 @@ def train_on_cue_task(lr: float, iterations: int) -> list[float]:
     """Success rate (query answered right) of each segment while training."""
     torch.manual_seed(0)
     env = gym.vector.SyncVectorEnv([lambda: CueEnv(delay=2) for _ in range(NUM_ENVS)])
-    agent = LifelongAgent(env.single_observation_space, env.single_action_space, decay_memory_cfg(), 32, 1)
-    collector = RolloutCollector(env, agent)
+    agent = LifelongAgent(env.single_observation_space, env.single_action_space, decay_memory_cfg(), 32, 1, 2.0)
+    collector = RolloutCollector(env, agent, reset_on="never")
     collector.reset(seed=0)
-    learner = PPOLearner(agent, PPOConfig(lr=lr, update_epochs=4))
+    learner = PPOLearner(agent, PPOConfig.from_cfg({"lr": lr, "update_epochs": 4}), compile=False, seed=0)
     buf = RolloutBuffer(NUM_ENVS, SEGMENT)
     success = []
     for _ in range(iterations):

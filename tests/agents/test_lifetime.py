@@ -1,25 +1,21 @@
-"""The lifetime loop end to end on a small two-task stream, with the tracker and probes faked."""
+"""The lifetime loop end to end on a small two-task stream, with the tracker and the prober faked."""
 from __future__ import annotations
 
 import pytest
 import torch
-from agent_fakes import lifetime_cfg, use_fakes
+from agent_fakes import compose_config, cue_vector_env, fake_lifetime
 
+from lifelong.agents.build import build_lifetime, lifetime_settings
 from lifelong.agents.loop import Lifetime
 from lifelong.agents.ppo import NonFiniteError
-from lifelong.memory_layers.base import tree_leaves
+from lifelong.memory_layers.state import tree_leaves
 
 
-@pytest.fixture
-def fakes(monkeypatch):
-    use_fakes(monkeypatch)
-
-
-def test_a_lifetime_runs_one_pass_of_the_schedule_and_reports_to_the_tracker(fakes, tmp_path):
-    life = Lifetime(lifetime_cfg(), tmp_path)
+def test_a_lifetime_runs_one_pass_of_the_schedule_and_reports_to_the_tracker(tmp_path):
+    life = fake_lifetime(tmp_path)
     summary = life.run(progress=False)
     calls = life.tracker.calls
-    assert life.total_steps == life.global_step == 2 * 120  # one pass x num_envs, not a segment more
+    assert life.settings.total_steps == life.global_step == 2 * 120  # one pass x num_envs, not a segment more
     # baseline probe at step 0 on every task, then one probe per finished block of lifetime 0
     assert calls["probe"][0][0] == 0 and set(calls["probe"][0][1]) == {"plain", "flipped"}
     assert [p[2] for p in calls["probe"] if p[2] is not None] == [0, 1, 2]
@@ -37,19 +33,27 @@ def test_a_lifetime_runs_one_pass_of_the_schedule_and_reports_to_the_tracker(fak
     assert (tmp_path / "checkpoint.pt").exists()
 
 
+def test_every_probe_is_seeded_apart_from_the_lifetime_by_the_step_it_is_taken_at(tmp_path):
+    life = fake_lifetime(tmp_path, seed=3)
+    life.run(progress=False)
+    steps = [p[0] for p in life.tracker.calls["probe"]]
+    assert [seed for _, seed in life.prober.calls] == [3 + 10_000 + step for step in steps]
+    assert life.prober.calls[0][0] == ["plain", "flipped"]  # the baseline: every task of the stream
+
+
 def next_segment(life: Lifetime):
     life.train_segment()
     buf = life.buffer
     return buf.action.clone(), buf.log_prob.clone(), [p.detach().clone() for p in life.agent.parameters()]
 
 
-def test_a_saved_and_loaded_lifetime_takes_the_same_next_actions(fakes, tmp_path):
-    life = Lifetime(lifetime_cfg(), tmp_path / "a")
+def test_a_saved_and_loaded_lifetime_takes_the_same_next_actions(tmp_path):
+    life = fake_lifetime(tmp_path / "a")
     life.start()
     for _ in range(3):
         life.train_segment()
     path = life.save(tmp_path / "a" / "checkpoint.pt")
-    other = Lifetime(lifetime_cfg(seed=5), tmp_path / "b")  # a different seed: everything must be loaded
+    other = fake_lifetime(tmp_path / "b", seed=5)  # a different seed: everything must be loaded
     other.load(path)
     assert other.global_step == life.global_step
     for t_a, t_b in zip(tree_leaves(life.collector.memory), tree_leaves(other.collector.memory), strict=True):
@@ -61,8 +65,8 @@ def test_a_saved_and_loaded_lifetime_takes_the_same_next_actions(fakes, tmp_path
     assert life.tracker.calls == other.tracker.calls
 
 
-def test_a_non_finite_memory_stops_the_lifetime_with_the_likely_fixes(fakes, tmp_path):
-    life = Lifetime(lifetime_cfg(), tmp_path)
+def test_a_non_finite_memory_stops_the_lifetime_with_the_likely_fixes(tmp_path):
+    life = fake_lifetime(tmp_path)
     life.start()
     with torch.no_grad():
         life.agent.backbone.blocks[0].mixer.qkv.weight.fill_(float("nan"))
@@ -70,8 +74,8 @@ def test_a_non_finite_memory_stops_the_lifetime_with_the_likely_fixes(fakes, tmp
         life.train_segment()
 
 
-def test_a_non_finite_loss_stops_the_learner_with_the_likely_fixes(fakes, tmp_path):
-    life = Lifetime(lifetime_cfg(), tmp_path)
+def test_a_non_finite_loss_stops_the_learner_with_the_likely_fixes(tmp_path):
+    life = fake_lifetime(tmp_path)
     life.start()
     with torch.no_grad():
         life.agent.value_head.weight.fill_(float("inf"))  # the memory stays finite, the value loss does not
@@ -79,24 +83,19 @@ def test_a_non_finite_loss_stops_the_learner_with_the_likely_fixes(fakes, tmp_pa
         life.train_segment()
 
 
-def test_total_steps_null_needs_a_stream_counted_in_steps(fakes, monkeypatch, tmp_path):
-    import lifelong.agents.loop as loop
-    from agent_fakes import make_cue_vector_env
-
-    def episode_stream(stream_cfg, num_envs, seed):
-        env = make_cue_vector_env(stream_cfg, num_envs, seed)
-        for sub in env.envs:
-            sub.schedule_steps, sub.duration_unit = None, "episodes"
-        return env
-
-    monkeypatch.setattr(loop, "make_vector_env", episode_stream)
+def test_total_steps_null_needs_a_stream_counted_in_steps(tmp_path):
+    env = cue_vector_env(num_envs=2)
+    settings = lifetime_settings(env, tmp_path, seed=0, total_steps=None, log_every=16, checkpoint_every=0)
+    assert settings.total_steps == 2 * 3 * 40  # one pass of the schedule in each lifetime
+    for sub in env.envs:
+        sub.schedule_steps, sub.duration_unit = None, "episodes"
     with pytest.raises(ValueError, match="total_steps="):
-        Lifetime(lifetime_cfg(total_steps=None), tmp_path)
-    assert Lifetime(lifetime_cfg(total_steps=64), tmp_path / "b").total_steps == 64
+        lifetime_settings(env, tmp_path, seed=0, total_steps=None, log_every=16, checkpoint_every=0)
+    assert lifetime_settings(env, tmp_path, seed=0, total_steps=64, log_every=16, checkpoint_every=0).total_steps == 64
 
 
-def test_with_reset_on_task_the_learner_recomputes_acting_exactly_across_the_task_switch(fakes, tmp_path):
-    life = Lifetime(lifetime_cfg(memory={"reset_on": "task"}, stream={"block_steps": 43}), tmp_path)
+def test_with_reset_on_task_the_learner_recomputes_acting_exactly_across_the_task_switch(tmp_path):
+    life = fake_lifetime(tmp_path, reset_on="task", block_steps=43)
     life.start()
     buf, resets_seen = life.buffer, 0
     for _ in range(12):  # 96 steps per lifetime: the first switch falls inside a segment
@@ -110,26 +109,29 @@ def test_with_reset_on_task_the_learner_recomputes_acting_exactly_across_the_tas
     assert resets_seen == 2  # one task switch in each of the two lifetimes
 
 
-def test_an_unknown_reset_choice_is_refused(fakes, tmp_path):
+def test_an_unknown_reset_choice_is_refused(tmp_path):
     with pytest.raises(ValueError, match="reset_on"):
-        Lifetime(lifetime_cfg(memory={"reset_on": "sometimes"}), tmp_path)
+        fake_lifetime(tmp_path, reset_on="sometimes")
 
 
-def test_a_lifetime_runs_end_to_end_on_the_smoke_stream_with_gated_deltanet(tmp_path):
+def test_a_lifetime_built_from_the_config_runs_end_to_end_on_the_smoke_stream(tmp_path):
     """The real stream, mixer, tracker and probes (no fakes): summary.json and TensorBoard logs."""
-    from lifelong.envs.make import load_stream_config
-    from lifelong.memory_layers.registry import load_memory_config
-
-    stream = load_stream_config("smoke")
-    stream.steps_per_task = 40
-    cfg = lifetime_cfg(total_steps=None, num_envs=2, agent={"segment_length": 16},
-                       tracker={"probe_every": 10_000, "probe_episodes": 1, "log_every": 32})
-    cfg.memory = load_memory_config("gated_deltanet")
-    cfg.stream = stream
-    life = Lifetime(cfg, tmp_path)
+    cfg = compose_config("memory=gated_deltanet", "stream=smoke", "stream.steps_per_task=40", "device=cpu",
+                         "num_envs=2", "agent.d_model=16", "agent.num_layers=1", "agent.segment_length=16",
+                         "agent.update_epochs=2", "tracker.probe_every=10000", "tracker.probe_episodes=1",
+                         "tracker.log_every=32")
+    life = build_lifetime(cfg, tmp_path)
     summary = life.run(progress=False)
     assert life.global_step == 2 * 3 * 40
     assert set(summary["final_probe"]) == {"doorkey", "doorkey-permuted"}
     assert (tmp_path / "summary.json").exists() and (tmp_path / "checkpoint.pt").exists()
     assert list(tmp_path.glob("events.out.tfevents.*"))
     assert summary["R_blocks"][0] == 0  # the first block's row of R was filled by its block-end probe
+
+
+def test_a_bad_config_is_refused_when_the_lifetime_is_built(tmp_path):
+    with pytest.raises(ValueError, match="segment_length"):
+        build_lifetime(compose_config("agent.segment_length=0"), tmp_path)
+    with pytest.raises(ValueError, match="probe_episodes"):
+        build_lifetime(compose_config("stream=smoke", "device=cpu", "num_envs=1", "agent.d_model=16",
+                                      "tracker.probe_episodes=0"), tmp_path)

@@ -8,11 +8,10 @@ import torch
 from agent_fakes import CueEnv, decay_memory_cfg, make_collector
 
 from lifelong.agents.buffer import RolloutBuffer
-from lifelong.agents.loop import RolloutCollector
 from lifelong.agents.policy import LifelongAgent, gumbel_max_sample
-from lifelong.memory_layers.base import tree_leaves
+from lifelong.agents.rollout import RolloutCollector
 from lifelong.memory_layers.registry import available_mixers
-
+from lifelong.memory_layers.state import tree_leaves
 
 MIXERS = ["decay"] + [m for m in ("gated_deltanet",) if m in available_mixers()]
 
@@ -58,7 +57,7 @@ def test_memory_at_the_next_segment_start_is_the_acting_memory_after_the_last_on
 def step_until_boundary(collector: RolloutCollector):
     """Step until the next token of lifetime 0 starts an episode; return that token's inputs."""
     for _ in range(20):
-        if bool(collector.boundary[0]):
+        if bool(collector.tokens.boundary[0]):
             return
         collector.step()
     raise AssertionError("no episode boundary within 20 steps")
@@ -69,7 +68,8 @@ def test_memory_is_reset_at_episode_boundaries_only_in_the_reset_ablation(reset_
     agent, collector = make_collector(reset_on=reset_on)
     collector.step()
     step_until_boundary(collector)
-    inputs = (collector.obs, collector.prev_action, collector.prev_reward, collector.boundary)
+    tokens = collector.tokens
+    inputs = (tokens.obs, tokens.prev_action, tokens.prev_reward, tokens.boundary)
     fresh = agent.act(*inputs, agent.initial_memory(3, "cpu"), deterministic=True).memory
     collector.step()
     S_after, S_fresh = tree_leaves(collector.memory)[0][0], tree_leaves(fresh)[0][0]
@@ -101,4 +101,4 @@ def test_gumbel_max_sampling_follows_the_categorical_distribution():
 def test_the_agent_needs_a_discrete_action_space():
     env = CueEnv()
     with pytest.raises(ValueError, match="Discrete"):
-        LifelongAgent(env.observation_space, gym.spaces.Box(0, 1, (2,)), decay_memory_cfg(), 16, 1)
+        LifelongAgent(env.observation_space, gym.spaces.Box(0, 1, (2,)), decay_memory_cfg(), 16, 1, 2.0)

@@ -19,7 +19,7 @@ def collected(num_envs: int = 3, length: int = 12) -> tuple:
 
 def test_filler_tokens_do_not_change_the_loss():
     agent, buf = collected()
-    cfg = PPOConfig()
+    cfg = PPOConfig.from_cfg({})
     index = torch.arange(3)
     adv, ret = buf.advantages(cfg.gamma, cfg.gae_lambda)
     loss, _ = ppo_loss(agent, buf, index, adv, ret, cfg, None)
@@ -37,15 +37,16 @@ def test_filler_tokens_do_not_change_the_loss():
 
 def test_minibatches_split_lifetimes_and_must_divide_them():
     agent, buf = collected()
-    PPOLearner(agent, PPOConfig(num_minibatches=3, update_epochs=1)).update(buf)  # one lifetime per minibatch
+    one_lifetime_each = PPOConfig.from_cfg({"num_minibatches": 3, "update_epochs": 1})  # one lifetime per minibatch
+    PPOLearner(agent, one_lifetime_each, compile=False, seed=0).update(buf)
     with pytest.raises(ValueError, match="num_minibatches"):
-        PPOLearner(agent, PPOConfig(num_minibatches=2)).update(buf)
+        PPOLearner(agent, PPOConfig.from_cfg({"num_minibatches": 2}), compile=False, seed=0).update(buf)
 
 
 def test_an_update_moves_the_weights_and_reports_the_losses():
     agent, buf = collected()
     before = [p.detach().clone() for p in agent.parameters()]
-    stats = PPOLearner(agent, PPOConfig(update_epochs=2)).update(buf, features=True)
+    stats = PPOLearner(agent, PPOConfig.from_cfg({"update_epochs": 2}), compile=False, seed=0).update(buf, features=True)
     assert any(not torch.equal(a, b) for a, b in zip(before, agent.parameters()))
     assert {"losses/policy", "losses/value", "losses/entropy", "losses/approx_kl", "losses/clipfrac",
             "losses/explained_variance", "losses/grad_norm"} <= set(stats)

@@ -3,23 +3,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-LIFELONG = shutil.which("lifelong") or str(Path(sys.executable).parent / "lifelong")
-
-
-def lifelong(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
-    env.pop("TRITON_INTERPRET", None)
-    return subprocess.run(
-        [LIFELONG, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+from helpers.cli import lifelong
 
 
 SMOKE = (

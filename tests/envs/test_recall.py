@@ -40,7 +40,7 @@ def play(env: AssociativeRecallEnv, policy, seed: int) -> tuple[float, float, in
 
 
 def test_an_episode_is_pairs_then_gap_then_one_query_per_pair():
-    env = AssociativeRecallEnv(num_pairs=3, gap=4, num_keys=8, num_values=5)
+    env = AssociativeRecallEnv(num_pairs=3, gap=4, num_keys=8, num_values=5, num_queries=None)
     _, _, steps, tokens = play(env, lambda e, t: 0, seed=0)
     assert steps == env.episode_length == 2 * 3 + 4 + 3
     kinds = [env.token_kind(t) for t in tokens]
@@ -52,7 +52,7 @@ def test_an_episode_is_pairs_then_gap_then_one_query_per_pair():
 
 
 def test_the_optimal_policy_gets_full_reward():
-    env = AssociativeRecallEnv(num_pairs=8, gap=5, num_keys=16, num_values=8)
+    env = AssociativeRecallEnv(num_pairs=8, gap=5, num_keys=16, num_values=8, num_queries=None)
     for seed in range(5):
         total, success, _, _ = play(env, memorising_policy(), seed)
         assert success == 1.0
@@ -60,7 +60,7 @@ def test_the_optimal_policy_gets_full_reward():
 
 
 def test_a_random_policy_gets_chance_level():
-    env = AssociativeRecallEnv(num_pairs=4, gap=0, num_keys=8, num_values=4)
+    env = AssociativeRecallEnv(num_pairs=4, gap=0, num_keys=8, num_values=4, num_queries=None)
     rng = np.random.default_rng(0)
     successes = [play(env, lambda e, t: int(rng.integers(4)), seed)[1] for seed in range(400)]
     mean = float(np.mean(successes))
@@ -69,15 +69,15 @@ def test_a_random_policy_gets_chance_level():
 
 
 def test_actions_outside_queries_earn_nothing_and_do_not_count():
-    env = AssociativeRecallEnv(num_pairs=2, gap=3, num_keys=4, num_values=3)
+    env = AssociativeRecallEnv(num_pairs=2, gap=3, num_keys=4, num_values=3, num_queries=None)
     env.reset(seed=1)
     rewards = [env.step(a % 3)[1] for a in range(7)]  # the 4 writes and 3 fillers
     assert rewards == [0.0] * 7
 
 
 def test_same_seed_same_episode_and_spaces_fixed_by_the_vocabulary():
-    a = AssociativeRecallEnv(num_pairs=2, gap=0, num_keys=32, num_values=16)
-    b = AssociativeRecallEnv(num_pairs=32, gap=32, num_keys=32, num_values=16)
+    a = AssociativeRecallEnv(num_pairs=2, gap=0, num_keys=32, num_values=16, num_queries=None)
+    b = AssociativeRecallEnv(num_pairs=32, gap=32, num_keys=32, num_values=16, num_queries=None)
     assert a.observation_space == b.observation_space and a.action_space == b.action_space
     assert a.vocab_size == 1 + 2 * 32 + 16
     assert play(b, lambda e, t: 0, 3)[3] == play(b, lambda e, t: 0, 3)[3]
@@ -94,8 +94,9 @@ def test_same_seed_same_episode_and_spaces_fixed_by_the_vocabulary():
     ],
 )
 def test_invalid_recall_parameters_are_rejected(kwargs, message):
+    valid = {"num_pairs": 2, "gap": 0, "num_keys": 16, "num_values": 8, "num_queries": None}
     with pytest.raises(ValueError) as error:
-        AssociativeRecallEnv(**kwargs)
+        AssociativeRecallEnv(**{**valid, **kwargs})
     assert message in str(error.value)
 
 

@@ -3,9 +3,15 @@ from __future__ import annotations
 
 import pytest
 
-from lifelong.envs.schedules import build_schedule
+from lifelong.envs.schedules import build_schedule as expand
+from lifelong.envs.stream_config import ScheduleConfig
 
 TASKS = ["A", "B", "C"]
+
+
+def build_schedule(raw: dict, task_names: list[str], unit: str, default_duration: int | None):
+    """A ``schedule:`` mapping, parsed by the schema and expanded into blocks."""
+    return expand(ScheduleConfig.parse(raw), task_names, unit, default_duration)
 
 
 def test_blocked_schedule_runs_the_order_once_with_the_default_duration():
@@ -63,5 +69,8 @@ def test_invalid_schedules_fail_with_a_message_naming_the_fix(raw, message):
 def test_missing_duration_names_the_knob_to_set():
     with pytest.raises(ValueError, match="episodes_per_task"):
         build_schedule({"order": ["A"]}, TASKS, "episodes", None)
-    with pytest.raises(ValueError, match="choose unit from steps, episodes"):
-        build_schedule({"order": ["A"]}, TASKS, "seconds", 10)
+
+
+def test_left_out_keys_take_the_schema_defaults():
+    assert ScheduleConfig.parse({"order": ["A"], "cycles": None}) == ScheduleConfig(
+        type="cyclic", order=("A",), cycles=1, durations=None, duration_range=None, seed=0)

@@ -14,13 +14,13 @@ from lifelong.envs.make import (
     available_streams,
     describe_streams,
     load_stream_config,
-    load_vector_state_dict,
     make_stream,
     make_task_env,
     make_vector_env,
     validate_stream_config,
-    vector_state_dict,
 )
+from lifelong.envs.schedules import Schedule
+from lifelong.envs.stream_config import RecallTask, RecallVocab
 
 STEP_KEYS = {"task_id", "task_name", "task_switch", "visit", "block_index"}
 EPISODE_KEYS = {"episode_return", "episode_length", "episode_success"}
@@ -273,22 +273,6 @@ def test_vector_env_lifetimes_are_streams_seeded_seed_plus_i_and_pass_their_info
     assert ended > 0
 
 
-def test_vector_state_dict_restores_every_lifetime_and_the_pending_autoresets():
-    cfg = smoke(40)
-    vec = make_vector_env(cfg, num_envs=2, seed=0)
-    vec.reset(seed=0)
-    rng = np.random.default_rng(1)
-    for _ in range(180):
-        vec.step(rng.integers(7, size=2))
-    state = vector_state_dict(vec)
-    twin = make_vector_env(cfg, num_envs=2, seed=99)
-    twin.reset(seed=99)
-    load_vector_state_dict(twin, state)
-    for _ in range(200):
-        actions = rng.integers(7, size=2)
-        assert same(vec.step(actions), twin.step(actions))
-
-
 # ---- probes -------------------------------------------------------------------------------------
 def test_task_env_is_one_task_of_the_stream_with_its_shifts_and_spaces():
     cfg = smoke(60, expose_task_id=True)
@@ -335,6 +319,38 @@ def test_invalid_stream_configs_fail_in_one_line_before_any_env_is_built(changes
         validate_stream_config(bad_config(**changes))
     assert message in str(error.value) and "\n" not in str(error.value)
     assert str(error.value).startswith("stream 'smoke'")
+
+
+def test_a_stream_that_leaves_out_the_optional_keys_takes_the_schema_defaults():
+    spec = validate_stream_config({"tasks": {"a": {"env_id": "MiniGrid-Empty-5x5-v0"}},
+                                   "steps_per_task": 50, "schedule": {"order": ["a"]}})
+    assert spec.name == "stream" and not spec.expose_task_id and spec.recall_vocab is None
+    assert spec.schedule == Schedule(blocks=(("a", 50),), unit="steps")
+
+
+def test_a_recall_vocab_left_out_fits_the_largest_recall_task():
+    spec = validate_stream_config({"name": "r", "steps_per_task": 10, "schedule": {"order": ["p2", "p6"]},
+                                   "tasks": {"p2": {"recall": {"num_pairs": 2}}, "p6": {"recall": {"num_pairs": 6}}}})
+    assert spec.recall_vocab == RecallVocab(num_keys=6, num_values=8)
+    assert spec.tasks["p2"].recall == RecallTask(num_pairs=2, gap=0, num_queries=None)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"schedule.repeat": 2}, "schedule has unknown key(s) ['repeat']"),
+        ({"tasks.doorkey.colour": "red"}, "task 'doorkey' has unknown key(s) ['colour']"),
+        ({"tasks.doorkey": {"recall": {"pairs": 2}}}, "task 'doorkey' recall has unknown key(s) ['pairs']"),
+        ({"tasks.doorkey": {"recall": {"gap": 2}}}, "task 'doorkey' recall needs the key(s) ['num_pairs']"),
+        ({"tasks.doorkey": {"recall": {"num_pairs": 2}}, "recall_vocab": {"keys": 4}},
+         "recall_vocab has unknown key(s) ['keys']: allowed are ['num_keys', 'num_values']"),
+        ({"recall_vocab": {"num_keys": 4}}, "no task is a recall task"),
+    ],
+)
+def test_every_level_of_a_stream_config_names_its_valid_keys(changes, message):
+    with pytest.raises(ValueError) as error:
+        validate_stream_config(bad_config(**changes))
+    assert message in str(error.value) and str(error.value).startswith("stream 'smoke'")
 
 
 def test_tasks_with_different_spaces_cannot_share_a_stream():

@@ -15,8 +15,9 @@ from lifelong.kernels.attention import (
     KVCache, LoLAState, WindowCache, empty_lola_state, lola_attn, lola_attn_reference, lola_attn_step,
     sliding_window_attn, sliding_window_attn_reference, softmax_attn, softmax_attn_reference,
 )
-from lifelong.kernels.attention.lola_select import feature_map, hash_uniform
-from _tolerances import TOL_CHUNKED, TOL_RECURRENT, assert_close_rms
+from lifelong.kernels.attention.lola_select import hash_uniform
+from lifelong.kernels.utils.feature_maps import elu_feature_map
+from helpers.tolerances import TOL_CHUNKED, TOL_RECURRENT, assert_close_rms
 
 B, T, H, K, V = 2, 63, 3, 8, 8
 CHUNK = 16
@@ -127,7 +128,7 @@ def test_sliding_window_at_least_as_long_as_the_sequence_equals_softmax():
 
 def _fla_naive_attention():
     """fla-core's torch reference ``fla/ops/attn/naive.py``, loaded alone: importing the ``fla``
-    package pulls in every op (about 10 s); this file needs only torch."""
+    package pulls in every op (slow to import); this file needs only torch."""
     import importlib.util
     from pathlib import Path
 
@@ -233,7 +234,7 @@ def test_lola_without_window_and_cache_is_linear_attention():
     z0 = torch.rand(B, H, K) + 1.0
     state = state._replace(S=S0, z=z0)
     o, new = lola_attn(q, k, v, state, window=0, cache_size=0, gate=torch.tensor([0.1, 0.5, 0.7]))
-    o_lin, lin = linear_attn_reference(feature_map(q), feature_map(k), v, LinearAttnState(S0, z0))
+    o_lin, lin = linear_attn_reference(elu_feature_map(q), elu_feature_map(k), v, LinearAttnState(S0, z0))
     assert_close_rms(o, o_lin, TOL_RECURRENT, "LoLA(0, 0) vs linear attention")
     assert_close_rms(new.S, lin.S, TOL_RECURRENT, "S")
     assert_close_rms(new.z, lin.z, TOL_RECURRENT, "z")
@@ -267,7 +268,7 @@ def test_lola_keeps_the_pair_with_the_highest_self_recall_error():
             expected_k = torch.where(new_wins[..., None], new_pair[0], old[0])
             assert torch.equal(after.cache_k[:, :, 0], expected_k), f"token {t}"
             folded_k = torch.where(new_wins[..., None], old[0], new_pair[0])
-            assert_close_rms(after.z - state.z, feature_map(folded_k), TOL_RECURRENT, "the loser is folded")
+            assert_close_rms(after.z - state.z, elu_feature_map(folded_k), TOL_RECURRENT, "the loser is folded")
         else:
             assert torch.equal(after.cache_k[:, :, 0], k[:, t]), "an empty slot takes the pair"
             assert torch.equal(after.z, state.z), "nothing is folded while the cache has room"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _tolerances import TOL_CHUNKED, TOL_GATE_GRAD, TOL_RECURRENT, assert_close_rms
+from helpers.tolerances import TOL_CHUNKED, TOL_GATE_GRAD, TOL_RECURRENT, assert_close_rms
 
 from lifelong.kernels.delta_rule import gated_delta_rule
 from lifelong.kernels.delta_rule.reference import gated_delta_rule_reference
@@ -159,21 +159,24 @@ def test_bf16_inputs_give_bf16_outputs_fp32_states_and_finite_gradients():
 
 _AOT_SCRIPT = """
 import json, triton.language as tl
-import lifelong.kernels.triton_utils as U
+from aot_compile import aot_compile, shared_bytes
+import lifelong.kernels.common.chunk_h as CH
+import lifelong.kernels.common.chunk_o as CO
+import lifelong.kernels.common.fused_step as FS
 import lifelong.kernels.delta_rule.triton as D
 FP32 = ("gc", "h0", "ht", "dht", "dh0", "dv", "dv_local", "dv_out", "dq", "dk", "dk_in", "dw", "dg", "g", "h",
         "h_out", "Tm", "dbeta", "beta")
 base = dict(H=8, K=128, V=128, BT=64, MM=tl.bfloat16, USE_G=True)
-c = lambda kern, **kw: U.aot_compile(kern, {**base, **kw}, fp32_pointers=FP32)
+c = lambda kern, **kw: shared_bytes(aot_compile(kern, {**base, **kw}, fp32_pointers=FP32))
 out = {
     "wy_fwd": c(D._wy_fwd_kernel, BK=64, BV=64, SUB=16, NB=4, LOG_NB=2),
     "wy_bwd": c(D._wy_bwd_kernel, BK=64, BV=64),
-    "fwd_h": c(U._fwd_h_kernel, BK=128, BV=64, USE_GK=False, USE_DELTA=True, USE_H0=True),
-    "bwd_dv": c(U._bwd_dv_kernel, BK=64, BV=64, USE_GK=False, ADD_DH=False),
-    "bwd_dh": c(U._bwd_dh_kernel, BK=128, BV=64, USE_GK=False, USE_DELTA=True, USE_DHT=True),
-    "bwd_dqk": c(U._bwd_dqk_kernel, BK=64, BV=64, USE_GK=False, USE_DELTA=True),
-    "step": U.aot_compile(U._step_kernel, dict(H=8, K=128, V=128, BK=128, BV=64, USE_G=True, USE_GK=False,
-                          USE_DELTA=True), fp32_pointers=FP32),
+    "fwd_h": c(CH._fwd_h_kernel, BK=128, BV=64, USE_GK=False, USE_DELTA=True, USE_H0=True),
+    "bwd_dv": c(CO._bwd_dv_kernel, BK=64, BV=64, USE_GK=False, ADD_DH=False),
+    "bwd_dh": c(CH._bwd_dh_kernel, BK=128, BV=64, USE_GK=False, USE_DELTA=True, USE_DHT=True),
+    "bwd_dqk": c(CO._bwd_dqk_kernel, BK=64, BV=64, USE_GK=False, USE_DELTA=True),
+    "step": shared_bytes(aot_compile(FS._step_kernel, dict(H=8, K=128, V=128, BK=128, BV=64, USE_G=True,
+                                     USE_GK=False, USE_DELTA=True), fp32_pointers=FP32)),
 }
 print(json.dumps(out))
 """
@@ -183,16 +186,10 @@ print(json.dumps(out))
 def test_kernels_compile_for_h100_and_fit_its_shared_memory():
     """AOT-compiles every delta-rule kernel for sm_90 in bf16 at D=128 (no GPU needed)."""
     import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    from lifelong.kernels.triton_utils import H100_SHARED_BYTES
+    from aot_compile import H100_SHARED_BYTES, run_compile_script
 
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = Path(__file__).resolve().parents[2]
-    run = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], cwd=root, env=env, capture_output=True, text=True)
+    run = run_compile_script(_AOT_SCRIPT)
     assert run.returncode == 0, run.stderr[-3000:]
     shared = json.loads(run.stdout.strip().splitlines()[-1])
     assert len(shared) == 7

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _tolerances import TOL_CHUNKED, TOL_GATE_GRAD, TOL_RECURRENT, assert_close_rms
+from helpers.tolerances import TOL_CHUNKED, TOL_GATE_GRAD, TOL_RECURRENT, assert_close_rms
 
 from lifelong.kernels.gated_linear.reference import (
     LinearAttnState,
@@ -217,20 +217,23 @@ def test_bf16_inputs_give_bf16_outputs_fp32_states_and_bf16_gradients():
 
 _AOT_SCRIPT = """
 import json, triton.language as tl
-import lifelong.kernels.triton_utils as U
+from aot_compile import aot_compile, shared_bytes
+import lifelong.kernels.common.chunk_h as CH
+import lifelong.kernels.common.chunk_o as CO
+import lifelong.kernels.common.fused_step as FS
 FP32 = ("gc", "h0", "ht", "dht", "dh0", "dv", "dv_local", "dv_out", "dq", "dk", "dw", "dg", "g", "h", "h_out")
 base = dict(H=8, K=128, V=128, MM=tl.bfloat16)
 out = {}
 for gate, BT, BK in (("G", 64, 64), ("GK", 16, 32)):
     fl = dict(USE_G=gate == "G", USE_GK=gate == "GK")
-    c = lambda kern, **kw: U.aot_compile(kern, {**base, **fl, "BT": BT, **kw}, fp32_pointers=FP32)
-    out[gate + " fwd_h"] = c(U._fwd_h_kernel, BK=128, BV=64, USE_DELTA=False, USE_H0=True)
-    out[gate + " fwd_o"] = c(U._fwd_o_kernel, BK=BK, BV=64)
-    out[gate + " bwd_dv"] = c(U._bwd_dv_kernel, BK=BK, BV=64, ADD_DH=True)
-    out[gate + " bwd_dh"] = c(U._bwd_dh_kernel, BK=128, BV=64, USE_DELTA=False, USE_DHT=True)
-    out[gate + " bwd_dqk"] = c(U._bwd_dqk_kernel, BK=BK, BV=64, USE_DELTA=False)
-out["step"] = U.aot_compile(U._step_kernel, dict(H=8, K=128, V=128, BK=128, BV=64, USE_G=False, USE_GK=True,
-                            USE_DELTA=False), fp32_pointers=FP32)
+    c = lambda kern, **kw: shared_bytes(aot_compile(kern, {**base, **fl, "BT": BT, **kw}, fp32_pointers=FP32))
+    out[gate + " fwd_h"] = c(CH._fwd_h_kernel, BK=128, BV=64, USE_DELTA=False, USE_H0=True)
+    out[gate + " fwd_o"] = c(CO._fwd_o_kernel, BK=BK, BV=64)
+    out[gate + " bwd_dv"] = c(CO._bwd_dv_kernel, BK=BK, BV=64, ADD_DH=True)
+    out[gate + " bwd_dh"] = c(CH._bwd_dh_kernel, BK=128, BV=64, USE_DELTA=False, USE_DHT=True)
+    out[gate + " bwd_dqk"] = c(CO._bwd_dqk_kernel, BK=BK, BV=64, USE_DELTA=False)
+out["step"] = shared_bytes(aot_compile(FS._step_kernel, dict(H=8, K=128, V=128, BK=128, BV=64, USE_G=False,
+                                       USE_GK=True, USE_DELTA=False), fp32_pointers=FP32))
 print(json.dumps(out))
 """
 
@@ -239,16 +242,10 @@ print(json.dumps(out))
 def test_kernels_compile_for_h100_and_fit_its_shared_memory():
     """AOT-compiles every gated-linear kernel for sm_90 in bf16 at D=128 (no GPU needed)."""
     import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    from lifelong.kernels.triton_utils import H100_SHARED_BYTES
+    from aot_compile import H100_SHARED_BYTES, run_compile_script
 
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = Path(__file__).resolve().parents[2]
-    run = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], cwd=root, env=env, capture_output=True, text=True)
+    run = run_compile_script(_AOT_SCRIPT)
     assert run.returncode == 0, run.stderr[-3000:]
     shared = json.loads(run.stdout.strip().splitlines()[-1])
     assert len(shared) == 11

@@ -16,7 +16,7 @@ from lifelong.kernels.palimpsa import (
     palimpsa_reference,
     palimpsa_step,
 )
-from _tolerances import TOL_CHUNKED, TOL_GATE_GRAD, TOL_RECURRENT, assert_close_rms
+from helpers.tolerances import TOL_CHUNKED, TOL_GATE_GRAD, TOL_RECURRENT, assert_close_rms
 
 B, H, K, V = 2, 2, 8, 6
 

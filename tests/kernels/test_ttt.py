@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _tolerances import TOL_CHUNKED, TOL_GATE_GRAD, TOL_RECURRENT, assert_close_rms
+from helpers.tolerances import TOL_CHUNKED, TOL_GATE_GRAD, TOL_RECURRENT, assert_close_rms
 
 from lifelong.kernels.ttt import (
     TTTState,
@@ -190,7 +190,7 @@ def test_a_long_stream_stays_finite():
         ({"v": torch.randn(B, 7, H, D + 1)}, "K = V"),
         ({"eta": torch.rand(B, 7)}, "eta must be"),
         ({"ln_weight": torch.ones(D)}, r"ln_weight and ln_bias must be \[H, V\]"),
-        ({"state": zero_ttt_state(B + 1, H, D, "cpu")}, "TTTState shapes"),
+        ({"state": zero_ttt_state(B + 1, H, D, "cpu")}, r"state.W must be \[B, H, D, D\]"),
         ({"mini_batch_size": 0}, "mini_batch_size must be >= 1"),
     ],
 )

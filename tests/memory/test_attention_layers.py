@@ -10,13 +10,14 @@ import torch
 
 from lifelong.kernels.attention import KVCache
 from lifelong.kernels.gated_linear.reference import linear_attn_reference
-from lifelong.kernels.attention.lola_select import feature_map
-from lifelong.memory_layers.base import state_nbytes
+from lifelong.kernels.utils.feature_maps import elu_feature_map as feature_map
 from lifelong.memory_layers.lola import LoLA
 from lifelong.memory_layers.registry import build_mixer, load_memory_config
 from lifelong.memory_layers.sliding_window import SlidingWindowAttention
 from lifelong.memory_layers.softmax_attention import SoftmaxAttention
-from _tolerances import TOL_RECURRENT, assert_close_rms
+from lifelong.memory_layers.state import state_nbytes
+
+from helpers.tolerances import TOL_RECURRENT, assert_close_rms
 
 D, HEADS = 32, 4
 

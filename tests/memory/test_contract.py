@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _tolerances import TOL_CHUNKED, rel_rms
 
-from lifelong.memory_layers.base import MemoryMixer, clone_state, state_nbytes, tree_leaves, tree_map
+from lifelong.memory_layers.protocol import MemoryMixer
 from lifelong.memory_layers.registry import available_mixers, build_mixer, load_memory_config
+from lifelong.memory_layers.state import clone_state, state_nbytes, tree_leaves, tree_map
+
+from helpers.tolerances import TOL_CHUNKED, rel_rms
 
 D_MODEL = 64
 T = 63

@@ -13,8 +13,8 @@ D, H = 32, 4
 def silence_writes(mixer: GatedDeltaNet) -> None:
     """beta ~ 1e-13: tokens no longer write, so only the decay can change the state."""
     with torch.no_grad():
-        mixer.b_proj.weight.zero_()
-        mixer.b_proj.bias.fill_(-30.0)
+        mixer.beta_proj.weight.zero_()
+        mixer.beta_proj.bias.fill_(-30.0)
 
 
 def random_state(batch: int) -> DeltaState:
@@ -26,7 +26,7 @@ def test_configs_build_deltanet_without_gate_and_gated_deltanet_with_it():
     dn = build_mixer(load_memory_config("deltanet"), d_model=D)
     assert isinstance(gdn, GatedDeltaNet) and gdn.use_gate
     assert isinstance(dn, GatedDeltaNet) and not dn.use_gate
-    assert not hasattr(dn, "A_log") and not hasattr(dn, "a_proj")
+    assert not hasattr(dn, "A_log") and not hasattr(dn, "dt_proj")
 
 
 def test_deltanet_state_does_not_decay_when_nothing_is_written():
@@ -52,7 +52,7 @@ def test_gated_deltanet_state_decays_when_nothing_is_written():
 def test_beta_lies_in_zero_one_or_zero_two_with_negative_eigenvalues(neg_eigval, upper):
     mixer = GatedDeltaNet(D, H, allow_neg_eigval=neg_eigval)
     with torch.no_grad():
-        mixer.b_proj.bias.fill_(6.0)  # saturate towards the upper bound
+        mixer.beta_proj.bias.fill_(6.0)  # saturate towards the upper bound
         beta = mixer._project(torch.randn(3, 10, D))[4]
     assert beta.shape == (3, 10, H)
     assert (beta > 0).all() and (beta < upper).all()

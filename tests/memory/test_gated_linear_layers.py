@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lifelong.memory_layers.base import clone_state
 from lifelong.memory_layers.gla import GLA
 from lifelong.memory_layers.linear_attention import LinearAttention
 from lifelong.memory_layers.mamba2 import GLAState, Mamba2
 from lifelong.memory_layers.registry import build_mixer, load_memory_config
+from lifelong.memory_layers.state import clone_state
 
 D, H = 32, 4
 DH = D // H
@@ -100,11 +100,11 @@ def test_mamba2_rejects_inverted_init_ranges():
 
 def test_gla_gate_is_per_key_channel_from_a_low_rank_projection():
     m = GLA(D, H, gate_low_rank_dim=5, gate_normalizer=16.0)
-    assert m.gk_proj[0].weight.shape == (5, D) and m.gk_proj[1].weight.shape == (D, 5)
+    assert m.g_proj[0].weight.shape == (5, D) and m.g_proj[1].weight.shape == (D, 5)
     x = torch.randn(2, 7, D) * 4
     _, k, _, g = m.project(x)
     assert g.shape == k.shape == (2, 7, H, DH)
-    expected = F.logsigmoid(m.gk_proj(x)).unflatten(-1, (H, DH)) / 16.0
+    expected = F.logsigmoid(m.g_proj(x)).unflatten(-1, (H, DH)) / 16.0
     torch.testing.assert_close(g, expected)
     assert (g < 0).all(), "decays must be in (0, 1)"
 
@@ -128,7 +128,7 @@ def test_gla_state_decays_channel_by_channel_on_empty_input():
     T = 11
     with torch.no_grad():
         _, state = m(torch.zeros(2, T, D), clone_state(state0))
-        g = (F.logsigmoid(m.gk_proj[1].bias) / m.gate_normalizer).view(H, DH)  # x = 0: only the bias
+        g = (F.logsigmoid(m.g_proj[1].bias) / m.gate_normalizer).view(H, DH)  # x = 0: only the bias
     torch.testing.assert_close(state.S, state0.S * (T * g).exp()[None, :, :, None])
     assert g.std() > 0, "channels should decay at different rates"
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lifelong.memory_layers.base import state_is_finite, state_nbytes
 from lifelong.memory_layers.registry import available_mixers, build_mixer, load_memory_config
+from lifelong.memory_layers.state import state_is_finite, state_nbytes
 
 STEPS = 100_000
 D_MODEL = 16

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _tolerances import rel_rms
 
 from lifelong.kernels.palimpsa import PalimpsaState
 from lifelong.memory_layers.mamba2 import Mamba2
 from lifelong.memory_layers.palimpsa import Palimpsa
 from lifelong.memory_layers.registry import build_mixer, load_memory_config
+
+from helpers.tolerances import rel_rms
 
 D, H, T = 32, 4, 37
 

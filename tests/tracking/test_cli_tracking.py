@@ -3,15 +3,12 @@ with tbparse), then ``lifelong compare`` on two short runs writing a PNG and a t
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-LIFELONG = shutil.which("lifelong") or str(Path(sys.executable).parent / "lifelong")
+from helpers.cli import LIFELONG, lifelong
+
 SHORT = (
     "stream=smoke", "stream.steps_per_task=150", "num_envs=2", "total_steps=600", "agent.segment_length=32",
     "agent.d_model=16", "agent.num_layers=1", "tracker.probe_every=300", "tracker.probe_episodes=1",
@@ -21,19 +18,14 @@ SHORT = (
 pytestmark = pytest.mark.slow
 
 
-def lifelong(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
-    env.pop("TRITON_INTERPRET", None)
-    return subprocess.run([LIFELONG, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-
-
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory) -> Path:
     if not Path(LIFELONG).exists():
         pytest.skip("the lifelong console script is not installed (pip install -e .)")
     root = tmp_path_factory.mktemp("tracking_cli")
     for mixer in ("gated_deltanet", "mamba2"):
-        result = lifelong("run", f"memory={mixer}", "seed=0", *SHORT, f"hydra.run.dir={root / 'runs' / mixer}", cwd=root)
+        run_dir = root / "runs" / mixer
+        result = lifelong("run", f"memory={mixer}", "seed=0", *SHORT, f"hydra.run.dir={run_dir}", cwd=root, full_error=True)
         assert result.returncode == 0, result.stderr[-3000:]
     return root
 
@@ -58,7 +50,7 @@ def test_a_short_run_writes_the_tracker_tags_and_hparams_into_its_own_directory(
 
 def test_compare_on_two_short_runs_writes_a_png_and_a_table(two_runs):
     out = two_runs / "report"
-    result = lifelong("compare", str(two_runs / "runs"), "--out", str(out), cwd=two_runs)
+    result = lifelong("compare", str(two_runs / "runs"), "--out", str(out), cwd=two_runs, full_error=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
     table = (out / "compare.md").read_text()

@@ -20,7 +20,7 @@ def test_unit_active_on_at_most_one_percent_of_the_window_is_dormant():
 
 
 def test_activity_window_forgets_samples_older_than_the_window():
-    buf = ActivityBuffer(window=100)
+    buf = ActivityBuffer(window=100, threshold=0.01)
     buf.update(torch.ones(100, 2))
     assert buf.dormant_fraction() == 0.0
     buf.update(torch.cat([torch.zeros(100, 1), torch.ones(100, 1)], 1))  # unit 0 silent for a full window
@@ -28,10 +28,10 @@ def test_activity_window_forgets_samples_older_than_the_window():
 
 
 def test_activity_buffer_round_trips_and_is_nan_before_data():
-    buf = ActivityBuffer(window=10)
+    buf = ActivityBuffer(window=10, threshold=0.01)
     assert math.isnan(buf.dormant_fraction())
     buf.update(torch.randn(7, 3))
-    clone = ActivityBuffer(window=10)
+    clone = ActivityBuffer(window=10, threshold=0.01)
     clone.load_state_dict(buf.state_dict())
     extra = torch.randn(6, 3)
     buf.update(extra)
@@ -40,7 +40,7 @@ def test_activity_buffer_round_trips_and_is_nan_before_data():
 
 
 def test_activity_buffer_rejects_a_changed_width_and_bad_shapes():
-    buf = ActivityBuffer()
+    buf = ActivityBuffer(window=10, threshold=0.01)
     buf.update(torch.randn(5, 3))
     with pytest.raises(ValueError, match="one buffer per layer"):
         buf.update(torch.randn(5, 4))

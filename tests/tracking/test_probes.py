@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lifelong.memory_layers.base import tree_leaves
-from lifelong.tracking.probes import run_probe
+from lifelong.memory_layers.state import tree_leaves
+from lifelong.tracking.probes import StreamProber
 
 from tracking_fakes import FakeAct, FakeAgent, make_corridor
 
@@ -17,10 +17,14 @@ class ForwardAgent(FakeAgent):
         super().__init__()
         self.tokens: list[tuple[int, float, bool]] = []  # lifetime 0: (prev_action, prev_reward, boundary)
 
-    def act(self, obs, prev_action, prev_reward, boundary, memory, deterministic=False):
-        out = super().act(obs, prev_action, prev_reward, boundary, memory, deterministic)
+    def act(self, obs, prev_action, prev_reward, boundary, memory, deterministic=False, generator=None):
+        out = super().act(obs, prev_action, prev_reward, boundary, memory, deterministic, generator)
         self.tokens.append((int(prev_action[0]), float(prev_reward[0]), bool(boundary[0])))
         return FakeAct(torch.ones_like(out.action), out.log_prob, out.value, out.memory)
+
+
+def corridor_prober(episodes: int) -> StreamProber:
+    return StreamProber(None, episodes, "cpu", make_corridor)
 
 
 def _lifetime_memory(agent: FakeAgent, batch: int) -> tuple:
@@ -35,7 +39,7 @@ def test_probe_leaves_lifetime_memory_params_mode_and_rng_bit_identical(fake_age
     fake_agent.train()
     rng_before = torch.get_rng_state()
 
-    run_probe(fake_agent, memory, None, ["A", "B"], episodes=2, seed=3, device="cpu", make_env=make_corridor)
+    corridor_prober(episodes=2)(fake_agent, memory, ["A", "B"], seed=3)
 
     for before, after in zip(memory_before, tree_leaves(memory)):
         assert torch.equal(before, after)
@@ -48,8 +52,7 @@ def test_probe_leaves_lifetime_memory_params_mode_and_rng_bit_identical(fake_age
 
 def test_probe_counts_only_real_transitions_of_the_requested_episodes():
     agent = ForwardAgent()
-    out = run_probe(agent, agent.initial_memory(3, "cpu"), None, ["A", "B"], episodes=2, seed=0, device="cpu",
-                    make_env=make_corridor)
+    out = corridor_prober(episodes=2)(agent, agent.initial_memory(3, "cpu"), ["A", "B"], seed=0)
     # A: goal 2 cells away -> 2 steps per episode; B: 4 steps. 3 lifetimes x 2 episodes each.
     assert out["A"]["steps"] == 3 * 2 * 2
     assert out["B"]["steps"] == 3 * 2 * 4
@@ -60,8 +63,7 @@ def test_probe_counts_only_real_transitions_of_the_requested_episodes():
 
 def test_probe_feeds_tokens_with_the_training_loop_conventions():
     agent = ForwardAgent()
-    run_probe(agent, agent.initial_memory(1, "cpu"), None, ["A"], episodes=2, seed=0, device="cpu",
-              make_env=make_corridor)
+    corridor_prober(episodes=2)(agent, agent.initial_memory(1, "cpu"), ["A"], seed=0)
     n, r = agent.num_actions, 1 - 0.5 * 2 / 8
     # episode 1: two moves; the filler token sees the final reward; episode 2 starts with a boundary
     assert agent.tokens[:5] == [(n, 0.0, True), (1, 0.0, False), (1, r, False), (n, 0.0, True), (1, 0.0, False)]
@@ -69,30 +71,30 @@ def test_probe_feeds_tokens_with_the_training_loop_conventions():
 
 def test_probe_is_reproducible_for_a_seed(fake_agent):
     memory = _lifetime_memory(fake_agent, batch=2)
-    a = run_probe(fake_agent, memory, None, ["A", "B"], 2, seed=5, device="cpu", make_env=make_corridor)
-    b = run_probe(fake_agent, memory, None, ["A", "B"], 2, seed=5, device="cpu", make_env=make_corridor)
+    a = corridor_prober(episodes=2)(fake_agent, memory, ["A", "B"], seed=5)
+    b = corridor_prober(episodes=2)(fake_agent, memory, ["A", "B"], seed=5)
     assert a == b
 
 
-def test_probe_rejects_zero_episodes(fake_agent):
+def test_a_prober_of_zero_episodes_is_refused():
     with pytest.raises(ValueError, match="probe_episodes"):
-        run_probe(fake_agent, fake_agent.initial_memory(1, "cpu"), None, ["A"], 0, 0, "cpu", make_env=make_corridor)
+        corridor_prober(episodes=0)
 
 
 def test_probe_with_the_real_agent_and_stream_leaves_the_lifetime_memory_untouched():
     pytest.importorskip("lifelong.agents.policy")
     envs_make = pytest.importorskip("lifelong.envs.make")
-    from omegaconf import OmegaConf
-
     from lifelong.agents.policy import LifelongAgent
+    from omegaconf import OmegaConf
 
     stream_cfg = envs_make.load_stream_config("smoke")
     env = envs_make.make_stream(stream_cfg, seed=0)
     memory_cfg = OmegaConf.load(Path(__file__).resolve().parents[2] / "configs" / "memory" / "gated_deltanet.yaml")
-    agent = LifelongAgent(env.observation_space, env.action_space, memory_cfg, d_model=16, num_layers=1)
+    agent = LifelongAgent(env.observation_space, env.action_space, memory_cfg, d_model=16, num_layers=1, mlp_ratio=2.0)
     memory = tuple(type(s)(*(torch.randn_like(t) for t in s)) for s in agent.initial_memory(2, "cpu"))
     before = [t.clone() for t in tree_leaves(memory)]
-    out = run_probe(agent, memory, stream_cfg, env.task_names[:1], episodes=1, seed=0, device="cpu")
+    prober = StreamProber(stream_cfg, episodes=1, device="cpu", make_env=envs_make.make_task_env)
+    out = prober(agent, memory, env.task_names[:1], seed=0)
     assert all(torch.equal(a, b) for a, b in zip(before, tree_leaves(memory)))
     (task,) = out
     assert out[task]["steps"] > 0 and 0.0 <= out[task]["success"] <= 1.0

@@ -10,6 +10,8 @@ import pytest
 from lifelong.tracking.report import FIGURES, compare_runs, display_table, find_run_dirs
 from lifelong.tracking.tracker import Tracker
 
+from tracker_settings import tracker_config
+
 TASKS = ["DoorKey", "Lava", "Memory"]
 SCHEDULE = ["DoorKey", "Lava", "Memory", "DoorKey", "Lava", "Memory"]
 
@@ -17,8 +19,8 @@ SCHEDULE = ["DoorKey", "Lava", "Memory", "DoorKey", "Lava", "Memory"]
 def simulate_run(run_dir: Path, mixer: str, seed: int, keep: float, steps_per_block: int = 400) -> dict:
     """A synthetic lifetime: success rises within a block; other tasks decay by ``keep`` per block."""
     rng = np.random.default_rng(seed)
-    tracker = Tracker(run_dir, TASKS, {"memory": mixer, "stream": "mg-cycle", "d_model": 32, "seed": seed},
-                      probe_every=0, probe_episodes=1)
+    hparams = {"memory": mixer, "stream": "mg-cycle", "d_model": 32, "seed": seed}
+    tracker = Tracker.from_config(run_dir, TASKS, hparams, tracker_config(probe_every=0))
     skill = dict.fromkeys(TASKS, 0.05)
     tracker.log_probe(0, dict(skill))
     step, visits = 0, dict.fromkeys(TASKS, 0)
@@ -91,7 +93,7 @@ def test_groups_that_differ_in_more_than_the_mixer_are_labelled_by_the_differenc
 
 
 def test_single_task_runs_leave_stability_undefined_but_still_compare(tmp_path):
-    t = Tracker(tmp_path / "one", ["A"], {"memory": "gla", "seed": 0}, probe_every=0, probe_episodes=1)
+    t = Tracker.from_config(tmp_path / "one", ["A"], {"memory": "gla", "seed": 0}, tracker_config(probe_every=0))
     t.log_task_switch(0, "A", 1, 0)
     t.log_episode(10, "A", 1.0, 10, 1.0, 1)
     t.log_probe(10, {"A": 1.0}, block_end=0)

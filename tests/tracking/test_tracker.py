@@ -16,6 +16,8 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 
 from lifelong.tracking.tracker import Tracker, apply_reference_runs
 
+from tracker_settings import tracker_config
+
 HP = {"mixer": "gated_deltanet", "d_model": 32, "num_layers": 2, "stream": "smoke", "seed": 0, "ppo": {"lr": 3e-4}}
 SCHEDULE = [("A", 1), ("B", 1), ("A", 2)]
 # Probe at the end of each block: R rows (A, B); worked answers in test_summary_json_holds_r_and_the_final_figures
@@ -55,7 +57,8 @@ def drive(tracker: Tracker, blocks=range(3), start_step: int = 0) -> int:
 
 @pytest.fixture
 def finished(tmp_path: Path):
-    tracker = Tracker(tmp_path / "run", ["A", "B"], HP, probe_every=50, probe_episodes=2, adaptation_k=3)
+    settings = tracker_config(probe_every=50, adaptation_k=3, revisit_window=10)
+    tracker = Tracker.from_config(tmp_path / "run", ["A", "B"], HP, settings)
     drive(tracker)
     return tracker, tracker.finalize(), tmp_path / "run"
 
@@ -140,18 +143,34 @@ def test_in_context_adaptation_averages_the_kth_episode_return_over_switches(fin
     assert summary["adaptation"]["frozen"][:2] == pytest.approx([0.1, 0.3])
 
 
+def test_every_tracker_setting_comes_from_the_tracker_section_of_the_config(tmp_path):
+    settings = tracker_config(probe_every=7, adaptation_k=2, revisit_window=3, episode_log_every=11,
+                              dormant_window=13, dormant_threshold=0.05, curve_points=16)
+    t = Tracker.from_config(tmp_path, ["A"], HP, settings)
+    assert (t.probe_every, t.adaptation_k, t.revisit_window, t.episode_log_every, t.curve_points) == (7, 2, 3, 11, 16)
+    t.log_plasticity(0, {"layer0": torch.ones(20, 4)}, None, None)
+    buffer = t._activity["layer0"]
+    assert (buffer.window, buffer.threshold) == (13, 0.05)
+
+
+def test_a_tracker_config_missing_a_setting_names_it(tmp_path):
+    settings = {k: v for k, v in tracker_config().items() if k != "revisit_window"}
+    with pytest.raises(ValueError, match=r"lacks \['revisit_window'\].*configs/config.yaml"):
+        Tracker.from_config(tmp_path, ["A"], HP, settings)
+
+
 def test_probe_schedule_fires_at_multiples_of_probe_every(tmp_path):
-    t = Tracker(tmp_path, ["A"], HP, probe_every=100, probe_episodes=1)
+    t = Tracker.from_config(tmp_path, ["A"], HP, tracker_config(probe_every=100))
     assert t.should_probe(0)
     t.log_probe(0, {"A": 0.0})
     assert not t.should_probe(99) and t.should_probe(104)
     t.log_probe(104, {"A": 0.0})
     assert not t.should_probe(199) and t.should_probe(200)
-    assert not Tracker(tmp_path / "off", ["A"], HP, probe_every=0, probe_episodes=1).should_probe(0)
+    assert not Tracker.from_config(tmp_path / "off", ["A"], HP, tracker_config(probe_every=0)).should_probe(0)
 
 
 def test_an_old_task_episode_finishing_after_the_switch_stays_in_its_own_block(tmp_path):
-    t = Tracker(tmp_path, ["A", "B"], HP, probe_every=0, probe_episodes=1)
+    t = Tracker.from_config(tmp_path, ["A", "B"], HP, tracker_config(probe_every=0))
     t.log_task_switch(0, "A", 1, 0)
     t.log_episode(5, "A", 1.0, 5, 1.0, 1)
     t.log_task_switch(10, "B", 1, 1)
@@ -162,7 +181,7 @@ def test_an_old_task_episode_finishing_after_the_switch_stays_in_its_own_block(t
 
 
 def test_bad_calls_name_the_fix(tmp_path):
-    t = Tracker(tmp_path, ["A", "B"], HP, probe_every=10, probe_episodes=1)
+    t = Tracker.from_config(tmp_path, ["A", "B"], HP, tracker_config(probe_every=10))
     with pytest.raises(ValueError, match="task_names"):
         t.log_episode(1, "C", 0.0, 1, 0.0, 1)
     with pytest.raises(ValueError, match="starting at 1"):
@@ -170,17 +189,17 @@ def test_bad_calls_name_the_fix(tmp_path):
     with pytest.raises(ValueError, match="log_task_switch"):
         t.log_probe(5, {"A": 0.5}, block_end=3)
     with pytest.raises(ValueError, match="unique"):
-        Tracker(tmp_path, ["A", "A"], HP, probe_every=10, probe_episodes=1)
+        Tracker.from_config(tmp_path, ["A", "A"], HP, tracker_config(probe_every=10))
 
 
 def test_state_dict_round_trip_reproduces_the_uninterrupted_summary(tmp_path):
     torch.manual_seed(0)
-    full = Tracker(tmp_path / "full", ["A", "B"], HP, probe_every=50, probe_episodes=2)
+    full = Tracker.from_config(tmp_path / "full", ["A", "B"], HP, tracker_config(probe_every=50))
     drive(full)
     expected = full.finalize()
 
     torch.manual_seed(0)
-    first = Tracker(tmp_path / "resumed", ["A", "B"], HP, probe_every=50, probe_episodes=2)
+    first = Tracker.from_config(tmp_path / "resumed", ["A", "B"], HP, tracker_config(probe_every=50))
     step = drive(first, blocks=range(2))
     buffer = io.BytesIO()
     torch.save(first.state_dict(), buffer)
@@ -188,7 +207,7 @@ def test_state_dict_round_trip_reproduces_the_uninterrupted_summary(tmp_path):
     drive(first, blocks=[2], start_step=step)  # a killed process wrote past the checkpoint
     first.tb.flush()
     buffer.seek(0)
-    second = Tracker(tmp_path / "resumed", ["A", "B"], HP, probe_every=50, probe_episodes=2)
+    second = Tracker.from_config(tmp_path / "resumed", ["A", "B"], HP, tracker_config(probe_every=50))
     second.load_state_dict(torch.load(buffer, weights_only=False))
     torch.set_rng_state(rng)
     drive(second, blocks=[2], start_step=step)
@@ -205,7 +224,8 @@ def test_state_dict_round_trip_reproduces_the_uninterrupted_summary(tmp_path):
 def _reference_runs(run_dir: Path) -> None:
     """Single-task reference runs with flat success curves: AUC_ref(A) = 0, AUC_ref(B) = 0.25."""
     for task, succ in (("A", 0.0), ("B", 0.25)):
-        ref = Tracker(run_dir / "reference" / task, [task], {"mixer": "x"}, probe_every=0, probe_episodes=1)
+        ref = Tracker.from_config(run_dir / "reference" / task, [task], {"mixer": "x"},
+                                  tracker_config(probe_every=0))
         ref.log_task_switch(0, task, 1, 0)
         for e in range(20):
             ref.log_episode(10 * (e + 1), task, succ, 10, succ, e + 1)
@@ -226,14 +246,14 @@ def _check_transfer(summary: dict) -> None:
 def test_reference_runs_found_at_finalize_give_continual_world_forward_transfer(tmp_path):
     run_dir = tmp_path / "run"
     _reference_runs(run_dir)
-    tracker = Tracker(run_dir, ["A", "B"], HP, probe_every=0, probe_episodes=2)
+    tracker = Tracker.from_config(run_dir, ["A", "B"], HP, tracker_config(probe_every=0))
     drive(tracker)
     _check_transfer(tracker.finalize())
 
 
 def test_reference_runs_finished_after_the_run_are_applied_to_its_summary(tmp_path):
     run_dir = tmp_path / "run"
-    tracker = Tracker(run_dir, ["A", "B"], HP, probe_every=0, probe_episodes=2)
+    tracker = Tracker.from_config(run_dir, ["A", "B"], HP, tracker_config(probe_every=0))
     drive(tracker)
     assert math.isnan(tracker.finalize()["cl"]["forward_transfer_cw"])  # no reference yet
     _reference_runs(run_dir)
@@ -244,7 +264,7 @@ def test_reference_runs_finished_after_the_run_are_applied_to_its_summary(tmp_pa
 
 
 def test_one_task_run_reports_undefined_transfer_as_null(tmp_path):
-    t = Tracker(tmp_path, ["A"], HP, probe_every=0, probe_episodes=1)
+    t = Tracker.from_config(tmp_path, ["A"], HP, tracker_config(probe_every=0))
     t.log_probe(0, {"A": 0.0})
     t.log_task_switch(0, "A", 1, 0)
     t.log_episode(10, "A", 1.0, 10, 1.0, 1)
@@ -257,7 +277,7 @@ def test_one_task_run_reports_undefined_transfer_as_null(tmp_path):
 
 
 def test_episode_curves_are_logged_as_means_over_windows_and_at_switches(tmp_path):
-    t = Tracker(tmp_path, ["A", "B"], HP, probe_every=0, probe_episodes=1, episode_log_every=50)
+    t = Tracker.from_config(tmp_path, ["A", "B"], HP, tracker_config(probe_every=0, episode_log_every=50))
     t.log_task_switch(0, "A", 1, 0)
     for i, success in enumerate([0, 0, 1, 1, 1, 1, 0]):  # steps 10..70: a window closes at 50
         t.log_episode(10 * (i + 1), "A", success, 10 + i, success, i + 1)

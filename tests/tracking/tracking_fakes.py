@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from gymnasium import spaces
 
-from lifelong.memory_layers.base import State
+from lifelong.memory_layers.state import State
 
 
 class FakeState(NamedTuple):
@@ -46,7 +46,8 @@ class FakeAgent(nn.Module):
         return {k: torch.as_tensor(v, device=device) for k, v in obs.items()}
 
     @torch.inference_mode()
-    def act(self, obs, prev_action, prev_reward, boundary, memory, deterministic: bool = False) -> FakeAct:
+    def act(self, obs, prev_action, prev_reward, boundary, memory, deterministic: bool = False,
+            generator: torch.Generator | None = None) -> FakeAct:
         x = self.pos_emb(obs["pos"].long()) + self.act_emb(prev_action) + prev_reward[:, None] * self.w_r
         x = x + boundary[:, None].float() * self.w_b  # [B, d]
         (state,) = memory
@@ -58,7 +59,7 @@ class FakeAgent(nn.Module):
         if deterministic:
             action = logits.argmax(-1)
         else:
-            action = torch.multinomial(logits.exp(), 1)[:, 0]
+            action = torch.multinomial(logits.exp(), 1, generator=generator)[:, 0]
         return FakeAct(action, logits.gather(-1, action[:, None])[:, 0], self.value(h)[:, 0], (FakeState(S),))
 
 

@@ -10,17 +10,24 @@ import os
 
 import torch
 
+from lifelong.kernels.utils.checks import check_choice
+
 BACKENDS = ("auto", "torch", "triton")
 
 
 def triton_interpret() -> bool:
+    """True when Triton runs its CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def check_backend_name(backend: str) -> None:
+    """Raise a ValueError listing the valid names when ``backend`` is not one of :data:`BACKENDS`."""
+    check_choice("backend", backend, BACKENDS)
 
 
 def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
     """Return ``"torch"`` or ``"triton"`` for an op whose inputs live where ``tensor`` lives."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}: choose one of {BACKENDS}")
+    check_backend_name(backend)
     if backend == "torch":
         return "torch"
     if backend == "auto":
@@ -34,6 +41,10 @@ def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
     return "triton"
 
 
-def autotune_configs(configs: list, interpret_config_index: int = 0) -> list:
-    """All autotune configs on a GPU; one config under the interpreter (it cannot benchmark)."""
-    return [configs[interpret_config_index]] if triton_interpret() else configs
+def require_triton_device(x: torch.Tensor) -> None:
+    """Triton kernels run on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1 (tests)."""
+    if not x.is_cuda and not triton_interpret():
+        raise RuntimeError(
+            "the Triton kernels need CUDA tensors, or TRITON_INTERPRET=1 set in the environment before "
+            "the kernels are imported (slow; for tests). On CPU call the op with backend='auto' or 'torch'."
+        )

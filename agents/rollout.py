@@ -1,0 +1,293 @@
+"""The one acting loop (DESIGN.md sections 5, 6, 8): training, probes and reference runs act through it.
+
+:class:`Rollout` steps a NEXT_STEP-autoreset vector env (B lifetimes) one token per lifetime and holds
+the token rules, written once here:
+
+* the first token of an episode has ``prev_action = n`` (none; ``n`` = the action count),
+  ``prev_reward = 0`` and ``boundary = True``; any other token carries the previous action and reward;
+* the step after an episode's last step is the vector env's reset step: its action is a filler and
+  its transition is not real (``valid = False``), and the token after it starts the next episode.
+
+:class:`RolloutCollector` is training's use of it: it owns the acting memory (carried from segment to
+segment, reset only for the ``memory.reset_on`` ablations) and the action-sampling generator, and
+records segments into a :class:`RolloutBuffer`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+import torch
+
+from lifelong.agents.buffer import RolloutBuffer
+from lifelong.agents.policy import ActOutput, LifelongAgent, Memory
+from lifelong.agents.ppo import NONFINITE_HINT, NonFiniteError
+from lifelong.memory_layers.registry import RESET_CHOICES
+from lifelong.memory_layers.state import clone_state, state_is_finite, tree_map
+
+Info = dict[str, Any]
+
+
+def info_at(info: Info, key: str, i: int, default: Any = None) -> Any:
+    """Value of ``key`` for sub-env ``i`` in a vector env's info dict (respecting the ``_key`` mask)."""
+    if key not in info:
+        return default
+    mask = info.get(f"_{key}")
+    if mask is not None and not bool(mask[i]):
+        return default
+    value = info[key][i]
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def sub_env_attr(vec_env: Any, i: int, name: str) -> Any:
+    """Attribute ``name`` of sub-env ``i``, looking through Gymnasium wrappers."""
+    env = vec_env.envs[i]
+    return env.get_wrapper_attr(name) if hasattr(env, "get_wrapper_attr") else getattr(env, name)
+
+
+class ActingAgent(Protocol):
+    """What the acting loop needs from an agent (``LifelongAgent`` is the real one)."""
+
+    num_actions: int
+
+    def obs_to_tensor(self, obs: dict[str, np.ndarray], device: torch.device | str) -> dict[str, torch.Tensor]: ...
+
+    def act(self, obs: dict[str, torch.Tensor], prev_action: torch.Tensor, prev_reward: torch.Tensor,
+            boundary: torch.Tensor, memory: Memory, deterministic: bool = False,
+            generator: torch.Generator | None = None) -> ActOutput: ...
+
+
+class Tokens(NamedTuple):
+    """The inputs of the next token of every lifetime (each ``[B, ...]``)."""
+
+    obs: dict[str, torch.Tensor]
+    prev_action: torch.Tensor  # long; num_actions = none (an episode's first token)
+    prev_reward: torch.Tensor  # float; 0 on an episode's first token
+    boundary: torch.Tensor  # bool; True on an episode's first token
+    valid: torch.Tensor  # bool; False on the NEXT_STEP filler (the reset step after an episode end)
+
+
+class Transition(NamedTuple):
+    """One acted token of every lifetime: its inputs, the agent's output and the env's answer."""
+
+    tokens: Tokens
+    action: torch.Tensor  # [B] long
+    log_prob: torch.Tensor  # [B]
+    value: torch.Tensor  # [B]
+    memory: Memory  # after the token
+    reward: torch.Tensor  # [B] float32
+    terminated: torch.Tensor  # [B] bool
+    truncated: torch.Tensor  # [B] bool
+    info: Info
+
+
+class Rollout:
+    """Acts in ``vec_env`` (NEXT_STEP autoreset) with ``agent``, one token per lifetime per step."""
+
+    def __init__(self, vec_env: Any, agent: ActingAgent, device: torch.device | str) -> None:
+        self.vec_env = vec_env
+        self.agent = agent
+        self.device = torch.device(device)
+        self.num_envs = int(vec_env.num_envs)
+        self.tokens: Tokens | None = None
+
+    @torch.inference_mode()
+    def reset(self, seed: int) -> Info:
+        """Reset every env (sub-env i seeded ``seed + i``): the next tokens are episodes' first ones."""
+        obs, info = self.vec_env.reset(seed=seed)
+        b, n = self.num_envs, self.agent.num_actions
+        self.tokens = Tokens(
+            obs=self.agent.obs_to_tensor(obs, self.device),
+            prev_action=torch.full((b,), n, dtype=torch.long, device=self.device),
+            prev_reward=torch.zeros(b, device=self.device),
+            boundary=torch.ones(b, dtype=torch.bool, device=self.device),
+            valid=torch.ones(b, dtype=torch.bool, device=self.device),
+        )
+        return info
+
+    @torch.inference_mode()
+    def step(self, memory: Memory, deterministic: bool = False,
+             generator: torch.Generator | None = None) -> Transition:
+        """Act the next token from ``memory`` (sampling with ``generator``; the global torch RNG when
+        None), step the env and advance the tokens by the rules above."""
+        tokens = self.tokens
+        if tokens is None:
+            raise RuntimeError("call reset(seed) before stepping")
+        out = self.agent.act(tokens.obs, tokens.prev_action, tokens.prev_reward, tokens.boundary, memory,
+                             deterministic=deterministic, generator=generator)
+        obs, reward, terminated, truncated, info = self.vec_env.step(out.action.cpu().numpy())
+        reward_t = torch.as_tensor(reward, dtype=torch.float32, device=self.device)
+        term_t = torch.as_tensor(terminated, dtype=torch.bool, device=self.device)
+        trunc_t = torch.as_tensor(truncated, dtype=torch.bool, device=self.device)
+        first = ~tokens.valid  # after a filler comes an episode's first observation
+        self.tokens = Tokens(
+            obs=self.agent.obs_to_tensor(obs, self.device),
+            prev_action=torch.where(first, torch.full_like(out.action, self.agent.num_actions), out.action),
+            prev_reward=torch.where(first, torch.zeros_like(reward_t), reward_t),
+            boundary=first,
+            valid=~(term_t | trunc_t),
+        )
+        return Transition(tokens, out.action, out.log_prob, out.value, out.memory, reward_t, term_t, trunc_t, info)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The next tokens and every env's position and RNG."""
+        if self.tokens is None:
+            raise RuntimeError("call reset(seed) before saving")
+        t = self.tokens
+        return {
+            "obs": {k: v.clone() for k, v in t.obs.items()},
+            "prev_action": t.prev_action.clone(),
+            "prev_reward": t.prev_reward.clone(),
+            "boundary": t.boundary.clone(),
+            "valid": t.valid.clone(),
+            "envs": [sub_env_attr(self.vec_env, i, "state_dict")() for i in range(self.num_envs)],
+            "vector_autoreset": np.array(getattr(self.vec_env, "_autoreset_envs", np.zeros(self.num_envs, bool))),
+        }
+
+    @torch.inference_mode()
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        to = lambda t: t.to(self.device).clone()  # noqa: E731  (inference tensors, like the acting ones)
+        self.tokens = Tokens({k: to(v) for k, v in sd["obs"].items()}, to(sd["prev_action"]),
+                             to(sd["prev_reward"]), to(sd["boundary"]), to(sd["valid"]))
+        for i, env_sd in enumerate(sd["envs"]):
+            sub_env_attr(self.vec_env, i, "load_state_dict")(env_sd)
+        if hasattr(self.vec_env, "_autoreset_envs"):
+            self.vec_env._autoreset_envs = np.array(sd["vector_autoreset"], dtype=bool)
+
+
+class RolloutCollector:
+    """Training's acting: B lifetimes of one :class:`Rollout`, their memory and their sampling RNG.
+
+    The memory is never reset unless ``reset_on`` is ``episode`` (at every boundary token) or ``task``
+    (on the first token after a task switch).
+    """
+
+    def __init__(self, vec_env: Any, agent: LifelongAgent, reset_on: str, device: torch.device | str = "cpu",
+                 acting_threads: int | None = None) -> None:
+        if reset_on not in RESET_CHOICES:
+            raise ValueError(f"memory.reset_on={reset_on!r}: choose one of {RESET_CHOICES}")
+        self.rollout = Rollout(vec_env, agent, device)
+        self.agent = agent
+        self.reset_on = reset_on
+        self.device = self.rollout.device
+        self.num_envs = self.rollout.num_envs
+        # torch threads while acting (one-token ops gain nothing from more; None keeps the global setting)
+        self.acting_threads = acting_threads
+        self.memory: Memory | None = None
+        self.generator = torch.Generator(self.device)  # action sampling, seeded by reset(seed)
+        self.task_switch = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        self.info: Info = {}
+
+    @property
+    def tokens(self) -> Tokens:
+        """The inputs of the next token."""
+        if self.rollout.tokens is None:
+            raise RuntimeError("call reset(seed) first")
+        return self.rollout.tokens
+
+    @contextmanager
+    def acting(self) -> Iterator[None]:
+        """Inference mode with ``acting_threads`` torch threads. Every acting tensor (memory, inputs) is
+        made in here, so a compiled acting step always sees the same kind of tensor (one graph)."""
+        threads = torch.get_num_threads()
+        if self.acting_threads:
+            torch.set_num_threads(self.acting_threads)
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            torch.set_num_threads(threads)
+
+    # ---- lifetime start ------------------------------------------------------------------------
+    @torch.inference_mode()
+    def reset(self, seed: int) -> Info:
+        """Start every lifetime (sub-env i seeded ``seed + i``) with a fresh memory."""
+        self.generator.manual_seed(seed)
+        info = self.rollout.reset(seed)
+        self.task_switch = self._task_switch(info)
+        self.memory = self.agent.initial_memory(self.num_envs, self.device)
+        self.info = info
+        return info
+
+    def _task_switch(self, info: Info) -> torch.Tensor:
+        flags = [bool(info_at(info, "task_switch", i, False)) for i in range(self.num_envs)]
+        return torch.tensor(flags, dtype=torch.bool, device=self.device)
+
+    def reset_mask(self) -> torch.Tensor:
+        """``[B]`` bool: lifetimes whose memory is cleared before the next token (reset ablations)."""
+        if self.reset_on == "episode":
+            return self.tokens.boundary.clone()
+        if self.reset_on == "task":
+            return self.task_switch.clone()
+        return torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+
+    def _reset_where(self, memory: Memory, reset: torch.Tensor) -> Memory:
+        """``memory`` with the lifetimes in ``reset`` cleared."""
+        if self.reset_on != "never" and bool(reset.any()):
+            return self.agent.reset_memory(memory, reset)
+        return memory
+
+    # ---- acting --------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self, buf: RolloutBuffer | None = None) -> tuple[torch.Tensor, Info]:
+        """Act one token in every lifetime (recording it in ``buf`` if given). Returns the actions and
+        the env's info for the step."""
+        if self.memory is None:
+            raise RuntimeError("call reset(seed) before stepping")
+        reset = self.reset_mask()
+        self.memory = self._reset_where(self.memory, reset)
+        t = self.rollout.step(self.memory, generator=self.generator)
+        if buf is not None:
+            buf.add_input(t.tokens.obs, t.tokens.prev_action, t.tokens.prev_reward, t.tokens.boundary, reset,
+                          t.tokens.valid)
+            buf.add_output(t.action, t.log_prob, t.value, t.reward, t.terminated, t.truncated)
+        self.memory = t.memory
+        self.task_switch = self._task_switch(t.info)
+        self.info = t.info
+        return t.action, t.info
+
+    @torch.inference_mode()
+    def next_value(self) -> torch.Tensor:
+        """Value ``[B]`` of the next token (segment bootstrap), without changing the memory or RNG."""
+        t = self.tokens
+        memory = self._reset_where(self.memory, self.reset_mask())
+        out = self.agent.act(t.obs, t.prev_action, t.prev_reward, t.boundary, memory, deterministic=True)
+        return out.value
+
+    def collect(self, buf: RolloutBuffer, on_step: Callable[[Info], None] | None = None) -> None:
+        """Fill ``buf`` with one segment from the current memory, then set its bootstrap value.
+        ``on_step(info)`` is called after every vector step. Raises :class:`NonFiniteError` if the
+        memory becomes non-finite."""
+        buf.start(self.memory)
+        with self.acting():
+            for _ in range(buf.length):
+                _, info = self.step(buf)
+                if on_step is not None:
+                    on_step(info)
+            next_value = self.next_value()
+        buf.next_value = next_value.clone()  # a normal tensor, made outside inference mode
+        self.check_finite()
+
+    def check_finite(self) -> None:
+        """Raise :class:`NonFiniteError` if the acting memory holds a NaN or an infinity."""
+        if not state_is_finite(self.memory):
+            raise NonFiniteError(f"the memory state became non-finite while acting. {NONFINITE_HINT}")
+
+    # ---- checkpoint ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "memory": clone_state(self.memory) if self.memory is not None else None,
+            "generator": self.generator.get_state(),
+            "task_switch": self.task_switch.clone(),
+            "rollout": self.rollout.state_dict(),
+        }
+
+    @torch.inference_mode()
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        to = lambda t: t.to(self.device).clone()  # noqa: E731  (inference tensors, like the acting ones)
+        self.memory = tree_map(to, sd["memory"])
+        self.generator.set_state(sd["generator"])
+        self.task_switch = to(sd["task_switch"])
+        self.rollout.load_state_dict(sd["rollout"])
