@@ -12,7 +12,7 @@ from lifelong.memory_layers.state import State
 class MemoryBlock(nn.Module):
     """RMSNorm -> memory layer -> residual -> RMSNorm -> MLP -> residual (DESIGN.md section 5)."""
 
-    def __init__(self, mixer: MemoryMixer, mlp_ratio: float = 2.0) -> None:
+    def __init__(self, mixer: MemoryMixer, mlp_ratio: float) -> None:
         super().__init__()
         d = mixer.d_model
         self.norm1 = RMSNorm(d)
@@ -39,7 +39,7 @@ class MemoryBlock(nn.Module):
 class Backbone(nn.Module):
     """A stack of memory blocks; its state is a tuple with one mixer state per layer."""
 
-    def __init__(self, mixers: list[MemoryMixer], mlp_ratio: float = 2.0) -> None:
+    def __init__(self, mixers: list[MemoryMixer], mlp_ratio: float) -> None:
         super().__init__()
         if not mixers:
             raise ValueError("a backbone needs at least one memory layer (agent.num_layers >= 1)")

@@ -45,6 +45,6 @@ def build_mixer(memory_cfg: Mapping[str, Any] | DictConfig, d_model: int) -> Mem
     return mixer
 
 
-def build_backbone(memory_cfg, d_model: int, num_layers: int, mlp_ratio: float = 2.0) -> Backbone:
+def build_backbone(memory_cfg, d_model: int, num_layers: int, mlp_ratio: float) -> Backbone:
     """``num_layers`` memory blocks of the configured mixer."""
     return Backbone([build_mixer(memory_cfg, d_model) for _ in range(num_layers)], mlp_ratio)

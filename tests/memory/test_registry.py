@@ -17,6 +17,6 @@ def test_every_config_names_itself_and_a_target():
 
 
 def test_a_backbone_stacks_the_configured_mixer():
-    backbone = build_backbone(load_memory_config("gated_deltanet"), d_model=32, num_layers=3)
+    backbone = build_backbone(load_memory_config("gated_deltanet"), d_model=32, num_layers=3, mlp_ratio=2.0)
     state = backbone.init_state(2, "cpu")
     assert len(backbone.blocks) == 3 and len(state) == 3
