@@ -6,15 +6,18 @@ objects are made in a fixed order after seeding every RNG, so a seed gives one l
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lifelong.agents.buffer import RolloutBuffer
+from lifelong.agents.guard import DivergenceGuard
 from lifelong.agents.loop import Lifetime, LifetimeSettings
 from lifelong.agents.policy import LifelongAgent
 from lifelong.agents.ppo import PPOConfig, PPOLearner
@@ -39,7 +42,8 @@ def seed_everything(seed: int) -> None:
 
 
 def lifetime_settings(vec_env: Any, run_dir: Path | str, seed: int, total_steps: int | None, log_every: int,
-                      checkpoint_every: int) -> LifetimeSettings:
+                      checkpoint_every: int, checkpoint_minutes: float, checkpoint_keep: int,
+                      config_fingerprint: str) -> LifetimeSettings:
     """The settings of a lifetime on ``vec_env``: its tasks and schedule come from sub-env 0;
     ``total_steps=None`` is one pass of a schedule counted in steps, for every lifetime."""
     if total_steps is None:
@@ -58,7 +62,21 @@ def lifetime_settings(vec_env: Any, run_dir: Path | str, seed: int, total_steps:
         block_tasks=tuple(str(name) for name, _ in sub_env_attr(vec_env, 0, "schedule")),
         log_every=int(log_every),
         checkpoint_every=int(checkpoint_every),
+        checkpoint_minutes=float(checkpoint_minutes),
+        checkpoint_keep=int(checkpoint_keep),
+        config_fingerprint=config_fingerprint,
     )
+
+
+#: keys that change how a run is shown or saved, never what it computes: left out of the fingerprint
+PRESENTATION_KEYS = ("progress", "debug", "overwrite", "checkpoint_every", "checkpoint_minutes", "checkpoint_keep",
+                     "device", "compile", "hydra")
+
+
+def config_fingerprint(cfg: DictConfig) -> str:
+    """A short hash of everything in ``cfg`` that decides what the lifetime computes."""
+    plain = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in PRESENTATION_KEYS}
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def hparams(cfg: DictConfig, settings: LifetimeSettings) -> dict[str, Any]:
@@ -79,7 +97,7 @@ def hparams(cfg: DictConfig, settings: LifetimeSettings) -> dict[str, Any]:
 
 def build_lifetime(cfg: DictConfig, run_dir: Path | str) -> Lifetime:
     """The lifetime ``cfg`` describes (keys of ``configs/config.yaml``), writing into ``run_dir``
-    (TensorBoard logs, summary.json, checkpoint.pt). Raises ValueError / TypeError on a bad config."""
+    (TensorBoard logs, summary.json, checkpoints/). Raises ValueError / TypeError on a bad config."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(str(cfg.device))
@@ -92,7 +110,8 @@ def build_lifetime(cfg: DictConfig, run_dir: Path | str) -> Lifetime:
         raise ValueError(f"agent.segment_length must be >= 1, got {segment_length}")
     vec_env = make_vector_env(cfg.stream, num_envs, seed)
     settings = lifetime_settings(vec_env, run_dir, seed, cfg.total_steps, int(cfg.tracker.log_every),
-                                 int(cfg.checkpoint_every))
+                                 int(cfg.checkpoint_every), float(cfg.checkpoint_minutes), int(cfg.checkpoint_keep),
+                                 config_fingerprint(cfg))
     agent = LifelongAgent(vec_env.single_observation_space, vec_env.single_action_space, cfg.memory,
                           int(agent_cfg.d_model), int(agent_cfg.num_layers), float(agent_cfg.mlp_ratio)).to(device)
     compile_ = bool(cfg.compile)
@@ -105,4 +124,4 @@ def build_lifetime(cfg: DictConfig, run_dir: Path | str) -> Lifetime:
     buffer = RolloutBuffer(num_envs, segment_length, device)
     tracker = Tracker.from_config(run_dir, settings.task_names, hparams(cfg, settings), cfg.tracker)
     prober = StreamProber(cfg.stream, int(cfg.tracker.probe_episodes), device, make_task_env)
-    return Lifetime(agent, collector, buffer, learner, tracker, prober, settings)
+    return Lifetime(agent, collector, buffer, learner, tracker, prober, settings, DivergenceGuard.from_config(cfg.guard))

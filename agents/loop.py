@@ -9,6 +9,7 @@ collaborators it does not own (tests pass fakes of them).
 from __future__ import annotations
 
 import time
+import warnings
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,9 +21,13 @@ import torch
 from torch import nn
 
 from lifelong.agents.buffer import RolloutBuffer
-from lifelong.agents.checkpoint import load_checkpoint, load_rng_state_dict, rng_state_dict, save_checkpoint
+from lifelong.agents.checkpoint import (CheckpointFolder, load_checkpoint, load_rng_state_dict, rng_state_dict,
+                                       save_checkpoint)
+from lifelong.agents.guard import DivergenceError, DivergenceGuard
 from lifelong.agents.policy import LifelongAgent, Memory
+from lifelong.agents.ppo import NonFiniteError
 from lifelong.agents.rollout import Info, RolloutCollector, info_at
+from lifelong.stop_signals import StopSignals
 
 ProbeResults = dict[str, dict[str, Any]]  # task -> {"success", "return", "steps", ...}
 
@@ -47,6 +52,10 @@ class LifetimeTracker(Protocol):
     def log_probe(self, step: int, results: Mapping[str, Any], block_end: int | None = None) -> None: ...
 
     def finalize(self) -> dict[str, Any]: ...
+
+    def flush(self) -> None: ...
+
+    def write_unfinished_summary(self, step: int) -> dict[str, Any]: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -76,20 +85,32 @@ class Learner(Protocol):
 class LifetimeSettings:
     """The lifetime's own settings (``configs/config.yaml``; the schedule comes from the stream)."""
 
-    run_dir: Path  # checkpoint.pt goes here
+    run_dir: Path  # checkpoints/ and the tracker's files go here
     seed: int  # the probes are seeded from it
     total_steps: int  # env steps summed over all lifetimes
     task_names: tuple[str, ...]  # every task of the stream
     block_tasks: tuple[str, ...]  # the task of each block of one pass of the schedule
     log_every: int  # env steps between memory / plasticity diagnostics
-    checkpoint_every: int  # env steps between checkpoints (0: only at the end)
+    checkpoint_every: int  # env steps between checkpoints (0: none by steps)
+    checkpoint_minutes: float  # wall-clock minutes between checkpoints (0: none by time)
+    checkpoint_keep: int  # the newest N checkpoints are kept
+    config_fingerprint: str  # in every checkpoint's header; a checkpoint of another configuration is refused
+
+
+class LifetimeStopped(Exception):
+    """A stop signal ended the lifetime early: a checkpoint and an unfinished summary.json were written."""
+
+    def __init__(self, signal_name: str, signum: int, step: int, checkpoint: Path) -> None:
+        super().__init__(f"{signal_name} at env step {step}: saved {checkpoint}")
+        self.signal_name, self.signum, self.step, self.checkpoint = signal_name, signum, step, checkpoint
 
 
 class Lifetime:
     """One lifelong run: ``collector.num_envs`` parallel lifetimes of one stream, agent and memory."""
 
     def __init__(self, agent: LifelongAgent, collector: RolloutCollector, buffer: RolloutBuffer, learner: Learner,
-                 tracker: LifetimeTracker, prober: Prober, settings: LifetimeSettings) -> None:
+                 tracker: LifetimeTracker, prober: Prober, settings: LifetimeSettings,
+                 guard: DivergenceGuard | None = None) -> None:
         self.agent = agent
         self.collector = collector
         self.buffer = buffer
@@ -97,6 +118,9 @@ class Lifetime:
         self.tracker = tracker
         self.prober = prober
         self.settings = settings
+        self.guard = guard
+        self.rollbacks = 0  # divergences rolled back so far in this process
+        self._lr_scale = 1.0  # the learning rate's factor from rollbacks (saved in checkpoints)
         self.num_envs = collector.num_envs
         self._probe_seconds = 0.0  # wall time spent in probes (counted apart from the lifetime)
         self.global_step = 0
@@ -108,6 +132,10 @@ class Lifetime:
         self._seen_tasks: list[str] = []
         self._last_log = 0
         self._last_checkpoint = 0
+        self._last_checkpoint_time = time.monotonic()
+        self.checkpoints = CheckpointFolder(settings.run_dir / "checkpoints", settings.checkpoint_keep,
+                                            {"config": settings.config_fingerprint})
+        self._final_probe: ProbeResults | None = None  # the end-of-lifetime probe, once taken
 
     # ---- probes --------------------------------------------------------------------------------
     def _next_task(self) -> str | None:
@@ -213,43 +241,90 @@ class Lifetime:
 
     def run(self, progress: bool = True) -> dict[str, Any]:
         """Run the lifetime to ``total_steps`` env steps (summed over lifetimes); returns the summary."""
-        if not self.started:
-            self.start()
-        bar = _progress_bar(self.settings.total_steps, self.global_step) if progress else None
-        last_time, last_step, last_probe = time.perf_counter(), self.global_step, self._probe_seconds
-        every = self.settings.checkpoint_every
-        checkpoint = self.settings.run_dir / "checkpoint.pt"
+        bar = None
         try:
-            while self.global_step < self.settings.total_steps:
-                remaining = -(-(self.settings.total_steps - self.global_step) // self.num_envs)  # steps per lifetime
-                if remaining < self.buffer.length:  # the last partial segment: acted, not learned from
-                    self.act_steps(remaining)
-                    if bar is not None:
-                        bar.update(self.global_step - bar.n)
-                    break
-                stats = self.train_segment()
-                now = time.perf_counter()
-                lifetime_seconds = now - last_time - (self._probe_seconds - last_probe)
-                sps = (self.global_step - last_step) / max(lifetime_seconds, 1e-9)
-                last_time, last_step, last_probe = now, self.global_step, self._probe_seconds
-                self._log_diagnostics(stats, sps)
-                if self.tracker.should_probe(self.global_step):
-                    self._probe(self._probe_tasks())
-                if every > 0 and self.global_step - self._last_checkpoint >= every:
-                    self.save(checkpoint)
-                if bar is not None:
-                    mean_ret = float(np.mean(self._recent_returns)) if self._recent_returns else float("nan")
-                    bar.update(self.global_step - bar.n)
-                    bar.set_postfix(task=self._current_task, ret=f"{mean_ret:.3f}", sps=f"{sps:.0f}")
+            with StopSignals() as stop:  # a stop during start() takes effect after the first segment
+                if not self.started:
+                    self.start()
+                bar = _progress_bar(self.settings.total_steps, self.global_step) if progress else None
+                self._last_checkpoint_time = time.monotonic()
+                while True:
+                    try:
+                        self._run_segments(bar, stop, time.perf_counter(), self.global_step, self._probe_seconds)
+                        break
+                    except (DivergenceError, NonFiniteError) as error:
+                        if not self._roll_back(error):
+                            raise
         finally:
             if bar is not None:
                 bar.close()
-        final = self._probe(self._seen_tasks_with(self._current_task), block_end=self._block_index)
-        self.save(checkpoint)
+        if self._final_probe is None:  # a lifetime resumed after its final probe does not probe again
+            self._final_probe = self._probe(self._seen_tasks_with(self._current_task), block_end=self._block_index)
+            self.checkpoint()
         summary = dict(self.tracker.finalize())
-        summary["final_probe"] = {task: {k: r[k] for k in ("success", "return")} for task, r in final.items()}
+        summary["final_probe"] = {task: {k: r[k] for k in ("success", "return")} for task, r in self._final_probe.items()}
         summary["env_steps"] = self.global_step
         return summary
+
+    def _run_segments(self, bar: Any, stop: StopSignals, last_time: float, last_step: int, last_probe: float) -> None:
+        """Learn segment by segment up to ``total_steps``; checkpoint on schedule; on a stop signal,
+        checkpoint, write an unfinished summary and raise :class:`LifetimeStopped`."""
+        while self.global_step < self.settings.total_steps:
+            remaining = -(-(self.settings.total_steps - self.global_step) // self.num_envs)  # steps per lifetime
+            if remaining < self.buffer.length:  # the last partial segment: acted, not learned from
+                self.act_steps(remaining)
+                if bar is not None:
+                    bar.update(self.global_step - bar.n)
+                break
+            stats = self.train_segment()
+            if self.guard is not None:
+                self.guard.check(self.global_step, stats, self._state_norms)
+            now = time.perf_counter()
+            lifetime_seconds = now - last_time - (self._probe_seconds - last_probe)
+            sps = (self.global_step - last_step) / max(lifetime_seconds, 1e-9)
+            last_time, last_step, last_probe = now, self.global_step, self._probe_seconds
+            self._log_diagnostics(stats, sps)
+            if self.tracker.should_probe(self.global_step):
+                self._probe(self._probe_tasks())
+            if stop.requested:
+                path = self.checkpoint()
+                self.tracker.write_unfinished_summary(self.global_step)
+                raise LifetimeStopped(stop.requested, int(stop.signum), self.global_step, path)
+            if self._checkpoint_due():
+                self.checkpoint()
+            if bar is not None:
+                mean_ret = float(np.mean(self._recent_returns)) if self._recent_returns else float("nan")
+                bar.update(self.global_step - bar.n)
+                bar.set_postfix(task=self._current_task, ret=f"{mean_ret:.3f}", sps=f"{sps:.0f}")
+
+    def _state_norms(self) -> list[float]:
+        metrics = self.agent.backbone.state_metrics(self.collector.memory)
+        return [float(layer["state_norm"]) for layer in metrics.values() if "state_norm" in layer]
+
+    def _roll_back(self, error: Exception) -> bool:
+        """``guard.on_divergence=rollback``: reload the newest checkpoint and continue with the learning
+        rate multiplied by ``rollback_lr_factor``. False when the run must stop instead."""
+        guard = self.guard
+        if guard is None or guard.on_divergence != "rollback" or self.rollbacks >= guard.max_rollbacks:
+            return False
+        if self.checkpoints.latest() is None:
+            return False
+        step, scale = self.global_step, self._lr_scale * guard.rollback_lr_factor
+        path = self.resume()  # the checkpoint's learning rate carries the checkpoint's _lr_scale
+        self.rollbacks += 1
+        for group in self.learner.optimizer.param_groups:
+            group["lr"] *= scale / self._lr_scale
+        self._lr_scale = scale
+        lr = self.learner.optimizer.param_groups[0]["lr"]
+        warnings.warn(f"{str(error).splitlines()[0].split(';')[0]}; rolled back from env step {step} to {path.name} "
+                      f"with lr={lr:.3g} (rollback {self.rollbacks} of {guard.max_rollbacks})", stacklevel=2)
+        return True
+
+    def _checkpoint_due(self) -> bool:
+        every, minutes = self.settings.checkpoint_every, self.settings.checkpoint_minutes
+        by_steps = every > 0 and self.global_step - self._last_checkpoint >= every
+        by_time = minutes > 0 and time.monotonic() - self._last_checkpoint_time >= 60.0 * minutes
+        return by_steps or by_time
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -269,6 +344,8 @@ class Lifetime:
                 "seen_tasks": list(self._seen_tasks),
                 "last_log": self._last_log,
                 "last_checkpoint": self._last_checkpoint,
+                "final_probe": self._final_probe,
+                "lr_scale": self._lr_scale,
             },
         }
 
@@ -284,11 +361,29 @@ class Lifetime:
         self._current_task, self._block_index = loop["current_task"], loop["block_index"]
         self._seen_tasks = list(loop["seen_tasks"])
         self._last_log, self._last_checkpoint = loop["last_log"], loop["last_checkpoint"]
+        self._final_probe = loop["final_probe"]
+        self._lr_scale = float(loop["lr_scale"])
         load_rng_state_dict(sd["rng"])
 
     def save(self, path: Path | str) -> Path:
+        """Write the whole lifetime to ``path`` (after flushing the tracker's pending events)."""
         self._last_checkpoint = self.global_step
+        self._last_checkpoint_time = time.monotonic()
+        self.tracker.flush()
         return save_checkpoint(path, self.state_dict())
+
+    def checkpoint(self) -> Path:
+        """Save into ``run_dir/checkpoints/step_<global step>.pt``, keeping the newest ``checkpoint_keep``."""
+        self._last_checkpoint = self.global_step
+        self._last_checkpoint_time = time.monotonic()
+        self.tracker.flush()
+        return self.checkpoints.save(self.global_step, self.state_dict())
+
+    def resume(self) -> Path:
+        """Continue from the newest readable checkpoint in ``run_dir/checkpoints``; returns its path."""
+        path, sd = self.checkpoints.load_latest(map_location=self.collector.device)
+        self.load_state_dict(sd)
+        return path
 
     def load(self, path: Path | str) -> None:
         self.load_state_dict(load_checkpoint(path, map_location=self.collector.device))

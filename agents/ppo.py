@@ -154,7 +154,7 @@ class PPOLearner:
 
     def load_state_dict(self, sd: dict) -> None:
         self.optimizer.load_state_dict(sd["optimizer"])
-        self.generator.set_state(sd["generator"])
+        self.generator.set_state(sd["generator"].cpu())  # a CPU state, wherever map_location put it
 
     def update(
         self, buf: RolloutBuffer, reset: torch.Tensor | None = None, features: bool = False

@@ -20,12 +20,13 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
+from torch.utils import _pytree as pytree
 
 from lifelong.agents.buffer import RolloutBuffer
 from lifelong.agents.policy import ActOutput, LifelongAgent, Memory
 from lifelong.agents.ppo import NONFINITE_HINT, NonFiniteError
 from lifelong.memory_layers.registry import RESET_CHOICES
-from lifelong.memory_layers.state import clone_state, state_is_finite, tree_map
+from lifelong.memory_layers.state import clone_state, state_is_finite
 
 Info = dict[str, Any]
 
@@ -143,7 +144,8 @@ class Rollout:
             "boundary": t.boundary.clone(),
             "valid": t.valid.clone(),
             "envs": [sub_env_attr(self.vec_env, i, "state_dict")() for i in range(self.num_envs)],
-            "vector_autoreset": np.array(getattr(self.vec_env, "_autoreset_envs", np.zeros(self.num_envs, bool))),
+            "vector_autoreset": torch.as_tensor(np.array(getattr(self.vec_env, "_autoreset_envs",
+                                                                 np.zeros(self.num_envs, bool)), dtype=bool)),
         }
 
     @torch.inference_mode()
@@ -154,7 +156,7 @@ class Rollout:
         for i, env_sd in enumerate(sd["envs"]):
             sub_env_attr(self.vec_env, i, "load_state_dict")(env_sd)
         if hasattr(self.vec_env, "_autoreset_envs"):
-            self.vec_env._autoreset_envs = np.array(sd["vector_autoreset"], dtype=bool)
+            self.vec_env._autoreset_envs = sd["vector_autoreset"].cpu().numpy().astype(bool)
 
 
 class RolloutCollector:
@@ -277,8 +279,9 @@ class RolloutCollector:
 
     # ---- checkpoint ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """The acting memory (its tensor leaves, a plain list), the sampling RNG and the rollout."""
         return {
-            "memory": clone_state(self.memory) if self.memory is not None else None,
+            "memory": pytree.tree_leaves(clone_state(self.memory)) if self.memory is not None else None,
             "generator": self.generator.get_state(),
             "task_switch": self.task_switch.clone(),
             "rollout": self.rollout.state_dict(),
@@ -287,7 +290,16 @@ class RolloutCollector:
     @torch.inference_mode()
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         to = lambda t: t.to(self.device).clone()  # noqa: E731  (inference tensors, like the acting ones)
-        self.memory = tree_map(to, sd["memory"])
-        self.generator.set_state(sd["generator"])
+        self.memory = None if sd["memory"] is None else self._memory_from_leaves([to(t) for t in sd["memory"]])
+        self.generator.set_state(sd["generator"].cpu())
         self.task_switch = to(sd["task_switch"])
         self.rollout.load_state_dict(sd["rollout"])
+
+    def _memory_from_leaves(self, leaves: list[torch.Tensor]) -> Memory:
+        """A memory of the agent's structure (its layers' state types) holding ``leaves`` in order."""
+        template = self.agent.initial_memory(self.num_envs, self.device)
+        spec = pytree.tree_structure(template)
+        if spec.num_leaves != len(leaves):
+            raise ValueError(f"the checkpoint's memory has {len(leaves)} tensors, this agent's {spec.num_leaves}: "
+                             "load it into an agent built from the same memory config")
+        return pytree.tree_unflatten(leaves, spec)

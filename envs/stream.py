@@ -13,18 +13,18 @@ the whole lifetime). On an episode's last step also ``episode_return``, ``episod
 """
 from __future__ import annotations
 
-import pickle
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from lifelong.envs.plain_state import env_state_dict, load_env_state_dict
 from lifelong.envs.schedules import Schedule
 from lifelong.envs.stream_config import RecallVocab, TaskSpec
 from lifelong.envs.tasks import build_task_env
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: task envs as plain data (envs.plain_state), no pickle
 
 
 class StreamEnv(gym.Env):
@@ -187,8 +187,9 @@ class StreamEnv(gym.Env):
     def state_dict(self) -> dict[str, Any]:
         """The full position: schedule index, units into it, visits, episode so far, every RNG.
 
-        The task envs (their current episode and RNG, and the shift wrappers' RNG) are stored as a
-        pickled snapshot (``bytes``), so a restored stream continues identically mid-episode.
+        The task envs (their current episode and RNG, and the shift wrappers' RNG) are stored as plain
+        data (:func:`~envs.plain_state.env_state_dict`; None for a task this stream never visits), so a
+        restored stream continues identically mid-episode.
         """
         return {
             "version": STATE_VERSION,
@@ -205,8 +206,8 @@ class StreamEnv(gym.Env):
             "episode_length": self._episode_length,
             "needs_reset": self._needs_reset,
             "seed": self._seed,
-            "np_random": self.np_random.bit_generator.state,
-            "envs": pickle.dumps(self._envs),
+            "np_random": self.np_random.bit_generator.state,  # plain: str and int values
+            "envs": [None if env is None else env_state_dict(env) for env in self._envs],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -229,8 +230,6 @@ class StreamEnv(gym.Env):
         self._needs_reset = bool(state["needs_reset"])
         self._seed = int(state["seed"])
         self.np_random.bit_generator.state = state["np_random"]
-        envs = pickle.loads(state["envs"])
-        for old in self._envs:
-            if old is not None:
-                old.close()
-        self._envs = envs
+        for env, env_state in zip(self._envs, state["envs"], strict=True):
+            if env is not None:
+                load_env_state_dict(env, env_state)

@@ -1,6 +1,8 @@
 """The ``lifelong`` command: a thin layer over the Hydra app and the packages.
 
     lifelong run [HYDRA OVERRIDES...] [-m]   one lifetime (or a sweep with -m)
+    lifelong resume RUN_DIR [progress=false] [debug=true]
+                                             continue a stopped or killed run from its newest checkpoint
     lifelong compare RUN_DIR... [--out DIR]  side-by-side report of runs (table + PNG)
     lifelong tensorboard RUN_DIR [--port N]  TensorBoard on 127.0.0.1 for a run
     lifelong streams                         the configured task streams
@@ -15,12 +17,20 @@ import argparse
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from lifelong import __version__
-from lifelong.config_files import HYDRA_CONFIG_PATH, ConfigFilesMissing, config_dir, group_choices
+from lifelong.config_checks import ConfigError
+from lifelong.config_files import HYDRA_CONFIG_PATH, ConfigFilesMissing, config_dir
+from lifelong.group_overrides import check_group_choices
+from lifelong.launch import RunFailed
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 console = Console()
 err_console = Console(stderr=True)
@@ -34,55 +44,99 @@ def fail(message: str, code: int = 2) -> None:
     raise SystemExit(code)
 
 
-def check_group_overrides(overrides: list[str]) -> None:
-    """Reject an unknown mixer / stream / agent name in one line, naming the valid choices."""
-    for override in overrides:
-        key, sep, value = override.partition("=")
-        key = key.lstrip("+~")
-        if not sep or key not in ("memory", "stream", "agent"):
-            continue
-        choices = group_choices(key)
-        for name in value.split(","):  # a multirun sweep lists several
-            if name and name not in choices:
-                fail(f"unknown {key} {name!r}: choose {key}=<name> from {', '.join(choices)}")
+def check_group_overrides(argv: list[str]) -> None:
+    """Reject an unknown mixer / stream / agent name of the ``lifelong run`` command line ``argv`` in
+    one line naming the choices (those of a ``--config-dir`` too); sweep functions go to Hydra."""
+    try:
+        check_group_choices(argv)
+    except ConfigError as error:
+        fail(str(error))
 
 
 # ---- lifelong run -------------------------------------------------------------------------
 def _run_app() -> None:
     import hydra
-    from omegaconf import DictConfig
 
     @hydra.main(version_base="1.3", config_path=HYDRA_CONFIG_PATH, config_name="config")
     def run_lifetime(cfg: DictConfig) -> float | None:
         from hydra.core.hydra_config import HydraConfig
 
-        from lifelong.agents.build import build_lifetime
-        from lifelong.summary import print_run_summary
+        from lifelong.config_schema import validate_run_config
+        from lifelong.launch import prepare_fresh_run_dir
 
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
-            lifetime = build_lifetime(cfg, run_dir)
-        except (ValueError, TypeError) as error:  # bad configuration: say so before any work
+            validate_run_config(cfg)  # every value, before any work
+        except ValueError as error:
             fail(str(error))
-        summary = lifetime.run(progress=bool(cfg.progress))
-        if cfg.reference:  # before printing, so the table shows the forward transfer
-            from lifelong.agents.reference import run_reference_lifetimes
-            from lifelong.tracking.tracker import apply_reference_runs
-
-            run_reference_lifetimes(cfg, run_dir, console)
-            summary = apply_reference_runs(run_dir)
-        print_run_summary(summary, run_dir, console)
-        acc = summary.get("cl", {}).get("acc")
-        return float(acc) if acc is not None else None
+        try:
+            prepare_fresh_run_dir(run_dir, bool(cfg.overwrite))
+        except RunFailed as error:
+            fail(str(error), error.status)
+        return _execute(cfg, run_dir, resume=False)
 
     run_lifetime()
 
 
 def cmd_run(argv: list[str]) -> None:
     config_dir()  # a broken install is one line here, not Hydra's "Primary config directory not found"
-    check_group_overrides([a for a in argv if not a.startswith("-")])
+    check_group_overrides(argv)
     sys.argv = ["lifelong run", *argv]
     _run_app()
+
+
+def _execute(cfg: DictConfig, run_dir: Path, *, resume: bool) -> float | None:
+    """Run (or resume) the lifetime, print its summary; one line and an exit status if it fails."""
+    from lifelong.launch import execute_lifetime
+    from lifelong.summary import print_run_summary
+
+    try:
+        summary = execute_lifetime(cfg, run_dir, console, resume=resume)
+    except RunFailed as error:
+        fail(str(error), error.status)
+    print_run_summary(summary, run_dir, console)
+    acc = summary["cl"]["acc"]
+    return float(acc) if acc is not None else None
+
+
+#: settings `lifelong resume` may change: how the run is shown, never what it computes
+RESUME_OVERRIDES = ("progress", "debug")
+
+
+def cmd_resume(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="lifelong resume",
+                                     description="Continue a stopped or killed run from its newest checkpoint.")
+    parser.add_argument("run_dir", type=Path, help="the run directory `lifelong run` printed")
+    parser.add_argument("overrides", nargs="*", help=f"only {', '.join(RESUME_OVERRIDES)} (e.g. progress=false)")
+    args = parser.parse_args(argv)
+    from omegaconf import OmegaConf
+
+    from lifelong.launch import check_resumable
+    from lifelong.run_dir import saved_config
+
+    run_dir = args.run_dir.resolve()
+    if not run_dir.is_dir():
+        fail(f"no such run directory: {args.run_dir}")
+    for override in args.overrides:
+        key = override.partition("=")[0]
+        if key not in RESUME_OVERRIDES:
+            fail(f"lifelong resume takes only {', '.join(k + '=...' for k in RESUME_OVERRIDES)}; {key!r} would change "
+                 "the run (start a new one with `lifelong run` instead)")
+    try:
+        cfg = saved_config(run_dir)
+        check_resumable(run_dir)
+    except ValueError as error:
+        fail(str(error))
+    except RunFailed as error:
+        fail(str(error), error.status)
+    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(args.overrides))
+    from lifelong.config_schema import validate_run_config
+
+    try:
+        validate_run_config(cfg)
+    except ValueError as error:
+        fail(f"the saved configuration of {run_dir} is not valid for this version of lifelong: {error}")
+    _execute(cfg, run_dir, resume=True)
 
 
 # ---- other subcommands --------------------------------------------------------------------
@@ -155,6 +209,7 @@ def cmd_mixers(argv: list[str]) -> None:
 
 COMMANDS = {
     "run": cmd_run,
+    "resume": cmd_resume,
     "compare": cmd_compare,
     "tensorboard": cmd_tensorboard,
     "streams": cmd_streams,
@@ -162,7 +217,13 @@ COMMANDS = {
 }
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      line: str | None = None) -> str:
+    return f"lifelong: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> None:
+    warnings.formatwarning = _one_line_warning  # a warning is one line for the user, like an error
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         console.print(USAGE, highlight=False)

@@ -1,19 +1,24 @@
-"""Softmax attention with a growing KV cache: the nonparametric reference mixer.
+"""Softmax attention over a KV cache: the nonparametric reference mixer.
 
-Per head: o_t = sum_{s <= t} softmax_s(q_t . k_s / sqrt(K)) v_s over every pair of the lifetime
-(since the last reset). The cache grows by one pair per token, so memory and per-step cost grow
-with the lifetime: this is the baseline the parametric mixers are measured against, not a mixer
-for unbounded runs (``max_cache`` turns runaway growth into a clear error).
+Per head: o_t = sum_{t - C < s <= t} softmax_s(q_t . k_s / sqrt(K)) v_s over the newest C = ``max_cache``
+pairs of the lifetime (since the last reset). The cache grows by one pair per token until it holds
+C; from then on the oldest pair is evicted at every token, so memory and per-step cost stop
+growing (the layer is then sliding-window attention of width C). ``max_cache=None``
+(``memory.max_cache=null``) keeps every pair: the unbounded nonparametric reference, whose memory
+and per-step cost grow with the lifetime (~16 KB per step for the default agent).
 
 No positional encoding: a lifetime is unbounded, so absolute positions (RoPE angles, learned
 tables) would leave their trained range; order reaches the mixer through its inputs.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn as nn
 
 from lifelong.kernels.attention import KVCache, empty_kv_cache, softmax_attn, softmax_attn_step
+from lifelong.kernels.attention.states import check_max_cache
 from lifelong.kernels.utils.backend import BACKENDS
 from lifelong.memory_layers.protocol import MemoryMixer
 from lifelong.memory_layers.state import state_nbytes
@@ -58,9 +63,19 @@ def _values_norm(v: torch.Tensor, valid: torch.Tensor) -> float:
     return float((v * mask).float().norm(dim=(-2, -1)).mean()) if v.numel() else 0.0
 
 
+class CacheCapWarning(UserWarning):
+    """Softmax attention's KV cache reached ``max_cache``: from then on its oldest pairs are evicted."""
+
+
 class SoftmaxAttention(AttentionProjections):
-    """Causal softmax attention over the whole lifetime: x ``[B, T, D]`` -> y ``[B, T, D]``, state
-    :class:`KVCache` (k ``[B, H, N, K]``, v ``[B, H, N, V]``, valid ``[B, N]``) growing by T per call."""
+    """Causal softmax attention over the newest ``max_cache`` pairs: x ``[B, T, D]`` -> y ``[B, T, D]``,
+    state :class:`KVCache` (k ``[B, H, N, K]``, v ``[B, H, N, V]``, valid ``[B, N]``), N growing by T per
+    call up to ``max_cache``.
+
+    At the cap the oldest pairs are evicted, in ``forward`` and ``step`` alike (a token attends to
+    itself and the max_cache - 1 pairs before it), and a :class:`CacheCapWarning` is issued the first
+    time a cache of this layer reaches it. ``max_cache=None``: unbounded (never evicts).
+    """
 
     parametric = False
 
@@ -69,39 +84,47 @@ class SoftmaxAttention(AttentionProjections):
         chunk_size: int = 64,
     ) -> None:
         super().__init__(d_model, num_heads, chunk_size=chunk_size, backend=backend)
-        if max_cache is not None and max_cache < 1:
-            raise ValueError(f"max_cache must be None (unbounded) or >= 1, got {max_cache}")
+        check_max_cache(max_cache)
         self.max_cache = max_cache
+        self._warned_at_cap = False
 
     def init_state(self, batch_size: int, device: torch.device | str) -> KVCache:
         return empty_kv_cache(batch_size, self.num_heads, self.head_dim, self.head_dim, device)
 
-    def _check_state(self, x: torch.Tensor, state: KVCache, new_tokens: int) -> None:
+    def _check_state(self, state: KVCache) -> None:
         if not isinstance(state, KVCache):
             raise ValueError(f"state must be a KVCache from init_state(batch_size), got {type(state).__name__}")
-        n = state.k.shape[2]
-        if self.max_cache is not None and n + new_tokens > self.max_cache:
-            raise RuntimeError(
-                f"softmax attention's cache would hold {n + new_tokens} pairs, above max_cache="
-                f"{self.max_cache}: its memory grows with every token of the lifetime. For long "
-                f"lifetimes use a constant-memory mixer (memory=sliding_window, or memory=lola), or "
-                f"raise memory.max_cache"
-            )
+
+    def _note_cap(self, state: KVCache) -> None:
+        """Warn once per layer when its cache first holds ``max_cache`` pairs."""
+        if self.max_cache is None or self._warned_at_cap or state.k.shape[2] < self.max_cache:
+            return
+        self._warned_at_cap = True
+        warnings.warn(
+            f"softmax attention's KV cache reached max_cache={self.max_cache} pairs: from now on its "
+            f"oldest pairs are evicted (attention over the last {self.max_cache} tokens); set "
+            f"memory.max_cache=null for the unbounded nonparametric reference",
+            CacheCapWarning, stacklevel=3,
+        )
 
     def forward_chunk(self, x: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
-        """x ``[B, T, D]`` -> (y ``[B, T, D]``, cache grown by T)."""
+        """x ``[B, T, D]`` -> (y ``[B, T, D]``, cache grown by T, cut to ``max_cache``)."""
         self._check_x(x, single_token=False)
-        self._check_state(x, state, x.shape[1])
+        self._check_state(state)
         q, k, v = self._project(x)
-        o, state = softmax_attn(q, k, v, state, chunk_size=self.chunk_size, backend=self.backend)
+        o, state = softmax_attn(
+            q, k, v, state, chunk_size=self.chunk_size, max_cache=self.max_cache, backend=self.backend
+        )
+        self._note_cap(state)
         return self._output(o, x), state
 
     def step(self, x: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
-        """x ``[B, D]`` -> (y ``[B, D]``, cache grown by one)."""
+        """x ``[B, D]`` -> (y ``[B, D]``, cache grown by one, or shifted by one at ``max_cache``)."""
         self._check_x(x, single_token=True)
-        self._check_state(x, state, 1)
+        self._check_state(state)
         q, k, v = self._project(x)
-        o, state = softmax_attn_step(q, k, v, state, backend=self.backend)
+        o, state = softmax_attn_step(q, k, v, state, max_cache=self.max_cache, backend=self.backend)
+        self._note_cap(state)
         return self._output(o, x), state
 
     def reset_state(self, state: KVCache, mask: torch.Tensor) -> KVCache:
@@ -115,10 +138,11 @@ class SoftmaxAttention(AttentionProjections):
         return KVCache(state.k[:, :, first:], state.v[:, :, first:], valid[:, first:])
 
     def state_metrics(self, state: KVCache) -> dict[str, float]:
+        """``cache_tokens``: pairs held (N, the same for every lifetime); ``state_bytes``: their bytes."""
         n = state.valid.shape[1]
         return {
             "state_norm": _values_norm(state.v, state.valid),
-            "cache_len": float(n),
+            "cache_tokens": float(n),
             "cache_valid_frac": float(state.valid.float().mean()) if n else 0.0,
             "state_bytes": float(state_nbytes(state)),
         }
@@ -130,4 +154,4 @@ class SoftmaxAttention(AttentionProjections):
         )
 
 
-__all__ = ["AttentionProjections", "SoftmaxAttention"]
+__all__ = ["AttentionProjections", "CacheCapWarning", "SoftmaxAttention"]

@@ -64,10 +64,13 @@ class ActivityBuffer:
         return float((rate <= self.threshold).mean())
 
     def state_dict(self) -> dict:
-        return {"active": None if self._active is None else self._active.copy(), "pos": self._pos, "filled": self._filled}
+        """Plain data and a tensor (``active``: bool ``[window, units]``), for weights_only checkpoints."""
+        active = None if self._active is None else torch.from_numpy(self._active.copy())
+        return {"active": active, "pos": self._pos, "filled": self._filled}
 
     def load_state_dict(self, sd: dict) -> None:
-        self._active = None if sd["active"] is None else np.array(sd["active"], dtype=bool)
+        active = sd["active"]
+        self._active = None if active is None else torch.as_tensor(active).cpu().numpy().astype(bool)
         self._pos = int(sd["pos"])
         self._filled = int(sd["filled"])
 

@@ -81,6 +81,25 @@ class RunWriter:
         self.close()
         self._purge_step = int(step)
 
+    def file_sizes(self) -> dict[str, int]:
+        """``{event file name: bytes}`` of the run's event files, after writing every pending event:
+        what a checkpoint records so that a resume can cut the files back to this moment."""
+        self.flush()
+        return {p.name: p.stat().st_size for p in sorted(self.run_dir.glob("events.out.tfevents.*"))}
+
+    def restore_files(self, sizes: dict[str, int], step: int) -> None:
+        """Cut the event files back to ``sizes`` (recorded by :meth:`file_sizes` at a checkpoint) and
+        delete the ones written after it, so every reader (TensorBoard, tbparse) sees the events up to
+        the checkpoint exactly once; then reopen as :meth:`resume_at` does."""
+        self.close()
+        for path in self.run_dir.glob("events.out.tfevents.*"):
+            if path.name not in sizes:
+                path.unlink()
+            elif path.stat().st_size > sizes[path.name]:
+                with open(path, "r+b") as f:
+                    f.truncate(sizes[path.name])
+        self._purge_step = int(step)
+
     def scalar(self, tag: str, value: float, step: int) -> None:
         value = float(value)
         if math.isfinite(value):

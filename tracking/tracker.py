@@ -515,6 +515,19 @@ class Tracker:
         }
         return with_reference_transfer(summary, load_reference_summaries(self.run_dir / "reference", self.task_names))
 
+    def flush(self) -> None:
+        """Write the pending TensorBoard events to disk (a checkpoint must not claim unwritten events)."""
+        self.tb.flush()
+
+    def write_unfinished_summary(self, step: int) -> dict[str, Any]:
+        """``summary.json`` of a lifetime stopped before its end, marked ``finished: false``. Nothing goes
+        to TensorBoard: the resumed lifetime writes the final figures when it finishes."""
+        summary = self.summary()
+        summary["finished"] = False
+        summary["stopped_at_step"] = int(step)
+        write_json_atomic(self.run_dir / "summary.json", summary)
+        return summary
+
     def finalize(self) -> dict[str, Any]:
         """Close the current block, write the final figures, hparams and ``summary.json``."""
         step = self.last_step
@@ -533,6 +546,7 @@ class Tracker:
         self.tb.hparams(self.hparams, hp_metrics)  # the HParams tab reads these tags' last values
         self.tb.close()
         summary["last"] = dict(self._last)
+        summary["finished"] = True
         write_json_atomic(self.run_dir / "summary.json", summary)
         return summary
 
@@ -540,7 +554,9 @@ class Tracker:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue the lifetime's figures exactly (plain Python / numpy)."""
         return {
-            "version": 1,
+            "version": 2,
+            "run_dir": str(self.run_dir.resolve()),
+            "event_files": self.tb.file_sizes(),
             "task_names": list(self.task_names),
             "last_step": self.last_step,
             "probe_env_steps": self.probe_env_steps,
@@ -560,7 +576,9 @@ class Tracker:
         }
 
     def load_state_dict(self, sd: Mapping[str, Any]) -> None:
-        """Restore a checkpoint; later events written by a killed run past it are purged in TB."""
+        """Restore a checkpoint. In the run's own directory the event files are cut back to the
+        checkpoint (a killed run's later events are gone for every reader); TensorBoard's purge step
+        hides them too."""
         if list(sd["task_names"]) != self.task_names:
             raise ValueError(f"checkpoint was written for tasks {list(sd['task_names'])}, this tracker has {self.task_names}")
         self._reset_state()
@@ -582,4 +600,7 @@ class Tracker:
             self._activity[layer] = buf
         self._episode_acc = {k: list(v) for k, v in sd["episode_acc"].items()}
         self._episode_flushed_at = int(sd["episode_flushed_at"])
-        self.tb.resume_at(self.last_step + 1)
+        if sd["run_dir"] == str(self.run_dir.resolve()):  # resuming in place: cut the logs back to the checkpoint
+            self.tb.restore_files(dict(sd["event_files"]), self.last_step + 1)
+        else:  # a checkpoint of another directory: leave its files alone, hide later steps from TensorBoard
+            self.tb.resume_at(self.last_step + 1)

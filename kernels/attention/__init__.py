@@ -4,7 +4,8 @@ Every op is ``op(q, k, v, state, *, ..., backend="auto") -> (o, state)`` with q,
 v ``[B, T, H, V]``, o ``[B, T, H, V]``; ``*_step`` ops take one token (``[B, H, K]``). ``state=None``
 means an empty cache. States (``kernels/attention/states.py``):
 
-- ``KVCache(k [B,H,N,K], v [B,H,N,V], valid [B,N])``: N grows by T per call (nonparametric);
+- ``KVCache(k [B,H,N,K], v [B,H,N,V], valid [B,N])``: N grows by T per call (nonparametric), up to
+  ``max_cache`` when the op is given one (then the oldest entries are evicted);
 - ``WindowCache(k [B,H,w,K], v [B,H,w,V], valid [B,w])``: the last w pairs;
 - ``LoLAState``: linear state (S, z), window of eta pairs, sparse cache of lambda pairs.
 
@@ -61,20 +62,25 @@ def _check_lola(
 
 def softmax_attn(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: KVCache | None, *,
-    scale: float | None = None, chunk_size: int = 64, backend: str = "auto",
+    scale: float | None = None, chunk_size: int = 64, max_cache: int | None = None, backend: str = "auto",
 ) -> tuple[torch.Tensor, KVCache]:
-    """Causal softmax attention over [cache | new tokens]; the cache grows by T."""
+    """Causal softmax attention over [cache | new tokens]; the cache grows by T.
+
+    max_cache: None (unbounded, the nonparametric reference) or C >= 1: every token attends to the
+    newest C pairs only (itself included) and the cache keeps the newest C (the oldest are evicted).
+    """
     op_guard(backend, q, check_softmax_attn_inputs, q, k, v, state)
-    return softmax_attn_chunk(q, k, v, state, scale=scale, chunk_size=chunk_size)
+    return softmax_attn_chunk(q, k, v, state, scale=scale, chunk_size=chunk_size, max_cache=max_cache)
 
 
 def softmax_attn_step(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: KVCache | None, *,
-    scale: float | None = None, backend: str = "auto",
+    scale: float | None = None, max_cache: int | None = None, backend: str = "auto",
 ) -> tuple[torch.Tensor, KVCache]:
-    """One token: q, k ``[B, H, K]``, v ``[B, H, V]`` -> o ``[B, H, V]``, cache grown by one."""
+    """One token: q, k ``[B, H, K]``, v ``[B, H, V]`` -> o ``[B, H, V]``, cache grown by one (the
+    oldest entry evicted once it holds ``max_cache``)."""
     op_guard(backend, q, check_softmax_attn_inputs, q, k, v, state, single_token=True)
-    return _softmax_attn_step_torch(q, k, v, state, scale=scale)
+    return _softmax_attn_step_torch(q, k, v, state, scale=scale, max_cache=max_cache)
 
 
 def sliding_window_attn(

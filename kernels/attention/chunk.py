@@ -14,7 +14,8 @@ from lifelong.kernels.attention.lola_select import (
     DEN_EPS, RECALL_EPS, augment, canonical_order, check_selection, gather_slots, score_max, static_priority,
 )
 from lifelong.kernels.attention.states import (
-    KVCache, LoLAState, WindowCache, empty_kv_cache, empty_lola_state, empty_window_cache, resolve_scale,
+    KVCache, LoLAState, WindowCache, check_max_cache, empty_kv_cache, empty_lola_state, empty_window_cache,
+    keep_newest, resolve_scale,
 )
 from lifelong.kernels.utils.checks import (
     check_chunk_size, check_lola_inputs, check_softmax_attn_inputs, check_window_attn_inputs,
@@ -40,14 +41,18 @@ def _masked_softmax_block(
 # ---- softmax attention -----------------------------------------------------------------------------
 def softmax_attn_chunk(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: KVCache | None, *,
-    scale: float | None = None, chunk_size: int = 64,
+    scale: float | None = None, chunk_size: int = 64, max_cache: int | None = None,
 ) -> tuple[torch.Tensor, KVCache]:
     """Causal softmax attention of every new token over [cache | new tokens up to itself].
 
-    The returned cache is the old one with the T new pairs appended (N grows by T).
+    With ``max_cache`` = C a token sees only the newest C entries, itself included (the oldest are
+    evicted, as by :func:`~lifelong.kernels.attention.reference.softmax_attn_step`): a band of width C
+    over [cache | new tokens]. The returned cache is the old one with the T new pairs appended (N
+    grows by T), cut to its newest C entries.
     """
     check_softmax_attn_inputs(q, k, v, state)
     check_chunk_size(chunk_size)
+    check_max_cache(max_cache)
     b, t_len, h = q.shape[:3]
     if state is None:
         state = empty_kv_cache(b, h, k.shape[-1], v.shape[-1], q.device)
@@ -60,12 +65,19 @@ def softmax_attn_chunk(
     outputs = []
     for s in range(0, t_len, chunk_size):
         e = min(s + chunk_size, t_len)
-        pos = torch.arange(n + e, device=q.device)
-        causal = pos[None, :] <= (n + torch.arange(s, e, device=q.device))[:, None]  # [C, N + e]
-        mask = causal[None, None] & valid[:, None, None, : n + e]
-        outputs.append(_masked_softmax_block(qh[:, :, s:e], keys[:, :, : n + e], values[:, :, : n + e], mask, scale))
+        lo = 0 if max_cache is None else max(n + s - max_cache + 1, 0)  # the block's oldest visible key
+        pos = torch.arange(lo, n + e, device=q.device)
+        query_pos = (n + torch.arange(s, e, device=q.device))[:, None]
+        band = pos[None, :] <= query_pos  # [C, n + e - lo]
+        if max_cache is not None:
+            band = band & (pos[None, :] > query_pos - max_cache)
+        mask = band[None, None] & valid[:, None, None, lo : n + e]
+        outputs.append(
+            _masked_softmax_block(qh[:, :, s:e], keys[:, :, lo : n + e], values[:, :, lo : n + e], mask, scale)
+        )
     o = torch.cat(outputs, dim=2) if outputs else vh
-    return o.transpose(1, 2).to(q.dtype), KVCache(keys, values, valid)
+    new_state = KVCache(*(x.contiguous() for x in keep_newest(KVCache(keys, values, valid), max_cache)))
+    return o.transpose(1, 2).to(q.dtype), new_state
 
 
 # ---- sliding-window attention ----------------------------------------------------------------------

@@ -14,7 +14,8 @@ from lifelong.kernels.attention.lola_select import (
     static_priority,
 )
 from lifelong.kernels.attention.states import (
-    KVCache, LoLAState, WindowCache, empty_kv_cache, empty_lola_state, empty_window_cache, resolve_scale,
+    KVCache, LoLAState, WindowCache, check_max_cache, empty_kv_cache, empty_lola_state, empty_window_cache,
+    keep_newest, resolve_scale,
 )
 from lifelong.kernels.utils.checks import check_lola_inputs, check_softmax_attn_inputs, check_window_attn_inputs
 from lifelong.kernels.utils.feature_maps import elu_feature_map
@@ -41,28 +42,38 @@ def _append(cache_k: torch.Tensor, cache_v: torch.Tensor, valid: torch.Tensor, k
 
 # ---- softmax attention -----------------------------------------------------------------------------
 def softmax_attn_step(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: KVCache | None, *, scale: float | None = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: KVCache | None, *, scale: float | None = None,
+    max_cache: int | None = None,
 ) -> tuple[torch.Tensor, KVCache]:
-    """Append (k, v) to the cache, then attend over every valid entry. o ``[B, H, V]``."""
+    """Append (k, v) to the cache, evict the oldest entries beyond ``max_cache`` (None: none), then
+    attend over every valid entry left. o ``[B, H, V]``; the cache holds min(N + 1, max_cache) entries."""
     check_softmax_attn_inputs(q, k, v, state, single_token=True)
+    check_max_cache(max_cache)
     if state is None:
         state = empty_kv_cache(q.shape[0], q.shape[1], k.shape[-1], v.shape[-1], q.device)
+    if max_cache is not None:
+        state = keep_newest(state, max_cache - 1)  # views: the append below copies what stays
     ck, cv, valid = _append(*state, k, v)
     o = _attend(q.float(), ck, cv, valid, resolve_scale(scale, q.shape[-1]))
     return o.to(q.dtype), KVCache(ck, cv, valid)
 
 
 def softmax_attn_reference(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: KVCache | None, *, scale: float | None = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: KVCache | None, *, scale: float | None = None,
+    max_cache: int | None = None,
 ) -> tuple[torch.Tensor, KVCache]:
-    """Causal softmax attention over [cache | new tokens], a loop over T. o ``[B, T, H, V]``."""
+    """Causal softmax attention over [cache | new tokens], a loop of :func:`softmax_attn_step` over T.
+    o ``[B, T, H, V]``."""
     check_softmax_attn_inputs(q, k, v, state)
+    check_max_cache(max_cache)
     if state is None:
         state = empty_kv_cache(q.shape[0], q.shape[2], k.shape[-1], v.shape[-1], q.device)
     outputs = []
     for t in range(q.shape[1]):
-        o, state = softmax_attn_step(q[:, t], k[:, t], v[:, t], state, scale=scale)
+        o, state = softmax_attn_step(q[:, t], k[:, t], v[:, t], state, scale=scale, max_cache=max_cache)
         outputs.append(o)
+    if not outputs:  # no token: the cache is only trimmed to max_cache
+        state = KVCache(*(x.contiguous() for x in keep_newest(state, max_cache)))
     return (torch.stack(outputs, dim=1) if outputs else v.new_zeros(v.shape)), state
 
 

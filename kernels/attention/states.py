@@ -13,7 +13,11 @@ import torch
 
 
 class KVCache(NamedTuple):
-    """Softmax attention's growing cache: k ``[B, H, N, K]``, v ``[B, H, N, V]``, valid ``[B, N]`` bool."""
+    """Softmax attention's cache: k ``[B, H, N, K]``, v ``[B, H, N, V]``, valid ``[B, N]`` bool.
+
+    Entry n is the pair of one time step (the same step for every lifetime of the batch). N grows by
+    one per token, up to ``max_cache`` when the op has one (then the oldest entry is evicted).
+    """
 
     k: torch.Tensor
     v: torch.Tensor
@@ -69,6 +73,21 @@ def empty_kv_cache(
         torch.zeros(batch_size, num_heads, 0, value_dim, device=device),
         torch.zeros(batch_size, 0, dtype=torch.bool, device=device),
     )
+
+
+def check_max_cache(max_cache: int | None) -> None:
+    """``max_cache`` is None (an unbounded cache) or a positive number of pairs."""
+    if max_cache is not None and (isinstance(max_cache, bool) or not isinstance(max_cache, int) or max_cache < 1):
+        raise ValueError(f"max_cache must be None (unbounded) or an int >= 1, got {max_cache!r}")
+
+
+def keep_newest(cache: KVCache, n: int | None) -> KVCache:
+    """The newest ``n`` entries of ``cache`` (all of them when ``n`` is None or the cache holds no
+    more), as views: ``.contiguous()`` them before keeping them, so the evicted entries are freed."""
+    start = 0 if n is None else max(cache.k.shape[2] - n, 0)
+    if start == 0:
+        return cache
+    return KVCache(cache.k[:, :, start:], cache.v[:, :, start:], cache.valid[:, start:])
 
 
 def empty_window_cache(

@@ -285,7 +285,8 @@ def fake_lifetime(run_dir, seed: int = 0, reset_on: str = "never", block_steps: 
                          "agent.segment_length=8", "agent.lr=1e-3", "agent.update_epochs=2", "tracker.log_every=16")
     seed_everything(seed)
     vec_env = cue_vector_env(cfg.num_envs, block_steps)
-    settings = lifetime_settings(vec_env, run_dir, seed, total_steps, cfg.tracker.log_every, cfg.checkpoint_every)
+    settings = lifetime_settings(vec_env, run_dir, seed, total_steps, cfg.tracker.log_every, cfg.checkpoint_every,
+                                 cfg.checkpoint_minutes, cfg.checkpoint_keep, "fake")
     agent = LifelongAgent(vec_env.single_observation_space, vec_env.single_action_space,
                           decay_memory_cfg(reset_on), cfg.agent.d_model, cfg.agent.num_layers, cfg.agent.mlp_ratio)
     learner = PPOLearner(agent, PPOConfig.from_cfg(cfg.agent), compile=cfg.compile, seed=seed)

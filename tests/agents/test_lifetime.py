@@ -30,7 +30,7 @@ def test_a_lifetime_runs_one_pass_of_the_schedule_and_reports_to_the_tracker(tmp
     assert calls["memory"] and "layer0" in calls["memory"][0][1]
     assert calls["plasticity"][0][1]["layer0"][1] == 32  # MLP hidden = 2 x d_model
     assert summary["probes"] == len(calls["probe"]) and set(summary["final_probe"]) == {"plain", "flipped"}
-    assert (tmp_path / "checkpoint.pt").exists()
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [f"step_{life.global_step:012d}.pt"]
 
 
 def test_every_probe_is_seeded_apart_from_the_lifetime_by_the_step_it_is_taken_at(tmp_path):
@@ -85,13 +85,16 @@ def test_a_non_finite_loss_stops_the_learner_with_the_likely_fixes(tmp_path):
 
 def test_total_steps_null_needs_a_stream_counted_in_steps(tmp_path):
     env = cue_vector_env(num_envs=2)
-    settings = lifetime_settings(env, tmp_path, seed=0, total_steps=None, log_every=16, checkpoint_every=0)
+    settings = lifetime_settings(env, tmp_path, seed=0, total_steps=None, log_every=16, checkpoint_every=0,
+                                 checkpoint_minutes=0, checkpoint_keep=1, config_fingerprint="test")
     assert settings.total_steps == 2 * 3 * 40  # one pass of the schedule in each lifetime
     for sub in env.envs:
         sub.schedule_steps, sub.duration_unit = None, "episodes"
     with pytest.raises(ValueError, match="total_steps="):
-        lifetime_settings(env, tmp_path, seed=0, total_steps=None, log_every=16, checkpoint_every=0)
-    assert lifetime_settings(env, tmp_path, seed=0, total_steps=64, log_every=16, checkpoint_every=0).total_steps == 64
+        lifetime_settings(env, tmp_path, seed=0, total_steps=None, log_every=16, checkpoint_every=0,
+                                 checkpoint_minutes=0, checkpoint_keep=1, config_fingerprint="test")
+    assert lifetime_settings(env, tmp_path, seed=0, total_steps=64, log_every=16, checkpoint_every=0,
+                                 checkpoint_minutes=0, checkpoint_keep=1, config_fingerprint="test").total_steps == 64
 
 
 def test_with_reset_on_task_the_learner_recomputes_acting_exactly_across_the_task_switch(tmp_path):
@@ -124,7 +127,7 @@ def test_a_lifetime_built_from_the_config_runs_end_to_end_on_the_smoke_stream(tm
     summary = life.run(progress=False)
     assert life.global_step == 2 * 3 * 40
     assert set(summary["final_probe"]) == {"doorkey", "doorkey-permuted"}
-    assert (tmp_path / "summary.json").exists() and (tmp_path / "checkpoint.pt").exists()
+    assert (tmp_path / "summary.json").exists() and life.checkpoints.latest() is not None
     assert list(tmp_path.glob("events.out.tfevents.*"))
     assert summary["R_blocks"][0] == 0  # the first block's row of R was filled by its block-end probe
 

@@ -224,7 +224,7 @@ def test_a_stream_restored_from_its_state_dict_continues_identically(name, cut):
     buffer = io.BytesIO()
     torch.save(original.state_dict(), buffer)
     restored = make_stream(cfg, seed=123)
-    restored.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=False))
+    restored.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
     rng = np.random.default_rng(7)
     for _ in range(400):
         action = int(rng.integers(original.action_space.n))

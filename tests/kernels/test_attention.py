@@ -1,9 +1,10 @@
-"""Attention family kernels: softmax (growing cache), sliding window, LoLA.
+"""Attention family kernels: softmax (growing cache, or capped at max_cache), sliding window, LoLA.
 
 Every chunk form is checked against its token-by-token reference, forward and every gradient
 (including the initial cache's) at odd T with a partial last chunk; then the properties that define
-each op: softmax equals torch's causal SDPA, a window >= T equals softmax, LoLA keeps the pairs the
-linear state recalls worst and reduces to linear attention without window and cache.
+each op: softmax equals torch's causal SDPA, capped softmax keeps the newest max_cache pairs and is a
+sliding window of that width, a window >= T equals softmax, LoLA keeps the pairs the linear state
+recalls worst and reduces to linear attention without window and cache.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 
 from lifelong.kernels.attention import (
     KVCache, LoLAState, WindowCache, empty_lola_state, lola_attn, lola_attn_reference, lola_attn_step,
-    sliding_window_attn, sliding_window_attn_reference, softmax_attn, softmax_attn_reference,
+    sliding_window_attn, sliding_window_attn_reference, softmax_attn, softmax_attn_reference, softmax_attn_step,
 )
 from lifelong.kernels.attention.lola_select import hash_uniform
 from lifelong.kernels.utils.feature_maps import elu_feature_map
@@ -106,6 +107,62 @@ def test_softmax_ignores_invalid_cache_entries():
     pruned = KVCache(cache.k[:1, :, keep], cache.v[:1, :, keep], cache.valid[:1, keep])
     o0, _ = softmax_attn(q[:1], k[:1], v[:1], pruned, chunk_size=4)
     assert_close_rms(o[:1], o0, TOL_RECURRENT, "invalid entry leaked")
+
+
+# ---- softmax attention with a cap (max_cache) -------------------------------------------------------
+@pytest.mark.parametrize("max_cache", [1, 5, 20, 70])
+def test_capped_softmax_chunk_matches_reference_forward_and_gradients(max_cache):
+    # the warm cache holds 7 entries: above caps 1 and 5 from the start, 20 is reached mid-sequence,
+    # 70 = 7 + T never
+    cache = warm_kv_cache()
+    assert_same_run(
+        run_with_grads(softmax_attn, cache, chunk_size=CHUNK, max_cache=max_cache),
+        run_with_grads(softmax_attn_reference, cache, max_cache=max_cache),
+    )
+
+
+def test_capped_softmax_keeps_the_newest_pairs():
+    q, k, v = qkv()
+    _, full = softmax_attn(q, k, v, None, chunk_size=CHUNK)
+    _, capped = softmax_attn(q, k, v, None, chunk_size=CHUNK, max_cache=10)
+    assert capped.k.shape == (B, H, 10, K) and capped.v.shape == (B, H, 10, V) and capped.valid.shape == (B, 10)
+    assert torch.equal(capped.k, full.k[:, :, -10:]) and torch.equal(capped.v, full.v[:, :, -10:])
+    assert capped.k.is_contiguous() and capped.k.untyped_storage().nbytes() == capped.k.numel() * 4, (
+        "the evicted pairs must not stay alive behind a view"
+    )
+
+
+def test_capped_softmax_step_evicts_the_oldest_pair_once_full():
+    q, k, v = qkv(t=4)
+    cache = None
+    for t in range(4):
+        _, cache = softmax_attn_step(q[:, t], k[:, t], v[:, t], cache, max_cache=3)
+        assert cache.k.shape[2] == min(t + 1, 3)
+    assert torch.equal(cache.k, k[:, 1:].transpose(1, 2)) and torch.equal(cache.v, v[:, 1:].transpose(1, 2))
+
+
+def test_capped_softmax_is_a_sliding_window_of_the_cap():
+    q, k, v = qkv()
+    o_capped, capped = softmax_attn(q, k, v, None, chunk_size=CHUNK, max_cache=9)
+    o_window, window = sliding_window_attn(q, k, v, None, window=9, chunk_size=CHUNK)
+    assert_close_rms(o_capped, o_window, TOL_RECURRENT, "softmax(max_cache=9) vs window of 9")
+    assert torch.equal(capped.k, window.k) and torch.equal(capped.valid, window.valid)
+
+
+def test_a_cap_the_lifetime_never_reaches_changes_nothing():
+    q, k, v = qkv()
+    o_free, free = softmax_attn(q, k, v, warm_kv_cache(), chunk_size=CHUNK)
+    o_capped, capped = softmax_attn(q, k, v, warm_kv_cache(), chunk_size=CHUNK, max_cache=7 + T)
+    assert torch.equal(o_free, o_capped) and all(torch.equal(a, b) for a, b in zip(free, capped))
+
+
+@pytest.mark.parametrize("max_cache", [0, -3, 2.5])
+def test_softmax_rejects_a_cap_below_one_pair(max_cache):
+    q, k, v = qkv(t=3)
+    with pytest.raises(ValueError, match="max_cache"):
+        softmax_attn(q, k, v, None, max_cache=max_cache)
+    with pytest.raises(ValueError, match="max_cache"):
+        softmax_attn_step(q[:, 0], k[:, 0], v[:, 0], None, max_cache=max_cache)
 
 
 # ---- sliding window --------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
-"""The attention-family mixers as layers: softmax (growing cache), sliding window, LoLA.
+"""The attention-family mixers as layers: softmax (growing cache, capped at max_cache), sliding window, LoLA.
 
 The generic contract (step == forward, splits, resets, gradients) is in test_contract.py; these
 tests pin what is specific to each layer.
 """
 from __future__ import annotations
+
+import warnings
 
 import pytest
 import torch
@@ -12,9 +14,9 @@ from lifelong.kernels.attention import KVCache
 from lifelong.kernels.gated_linear.reference import linear_attn_reference
 from lifelong.kernels.utils.feature_maps import elu_feature_map as feature_map
 from lifelong.memory_layers.lola import LoLA
-from lifelong.memory_layers.registry import build_mixer, load_memory_config
+from lifelong.memory_layers.registry import build_backbone, build_mixer, load_memory_config
 from lifelong.memory_layers.sliding_window import SlidingWindowAttention
-from lifelong.memory_layers.softmax_attention import SoftmaxAttention
+from lifelong.memory_layers.softmax_attention import CacheCapWarning, SoftmaxAttention
 from lifelong.memory_layers.state import state_nbytes
 
 from helpers.tolerances import TOL_RECURRENT, assert_close_rms
@@ -39,6 +41,7 @@ def test_configs_build_the_three_layers_with_their_defaults():
     assert isinstance(window, SlidingWindowAttention) and window.parametric and window.window == 64
     assert isinstance(lola, LoLA) and lola.parametric and (lola.window, lola.cache_size) == (16, 16)
     assert lola.selection == "sre" and softmax.num_heads == window.num_heads == lola.num_heads == 4
+    assert softmax.max_cache == 4096  # bounded by default; memory.max_cache=null lifts the cap
 
 
 # ---- softmax ---------------------------------------------------------------------------------------
@@ -48,15 +51,60 @@ def test_softmax_cache_grows_with_every_token():
         _, state = layer(tokens(7), layer.init_state(2, "cpu"))
         _, state = layer.step(tokens(1)[:, 0], state)
     assert state.k.shape[2] == 8 and state.valid.all()
-    assert layer.state_metrics(state)["cache_len"] == 8.0
+    assert layer.state_metrics(state)["cache_tokens"] == 8.0
 
 
-def test_softmax_max_cache_error_names_the_constant_memory_alternative():
+def test_softmax_without_a_cap_keeps_every_pair():
+    cfg = load_memory_config("softmax")
+    cfg.max_cache = None  # memory.max_cache=null: the unbounded nonparametric reference
+    layer = build_mixer(cfg, D)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error", CacheCapWarning)
+        _, state = layer(tokens(300), layer.init_state(2, "cpu"))
+    assert layer.max_cache is None and state.k.shape[2] == 300
+
+
+def test_softmax_at_its_cap_evicts_the_oldest_pairs_and_warns_once():
     layer = SoftmaxAttention(D, HEADS, max_cache=10)
-    with torch.no_grad():
-        _, state = layer(tokens(10), layer.init_state(2, "cpu"))
-        with pytest.raises(RuntimeError, match="sliding_window"):
-            layer.step(tokens(1)[:, 0], state)
+    x = tokens(40)
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, state = layer(x[:, :9], layer.init_state(2, "cpu"))
+        assert not caught, "no warning below the cap"
+        for t in range(9, 20):  # reaches the cap at token 10, then evicts
+            _, state = layer.step(x[:, t], state)
+        _, state = layer(x[:, 20:], state)
+        newest_keys = layer.split_heads(layer.k_proj(x[:, -10:])).transpose(1, 2)  # [B, H, 10, K]
+    assert state.k.shape[2] == 10 and torch.allclose(state.k, newest_keys)
+    assert len(caught) == 1 and caught[0].category is CacheCapWarning
+    message = str(caught[0].message)
+    assert "max_cache=10" in message and "memory.max_cache=null" in message and "\n" not in message
+
+
+def test_softmax_state_metrics_report_cached_tokens_and_their_bytes():
+    layer = SoftmaxAttention(D, HEADS, max_cache=12)
+    per_token = 2 * (HEADS * 2 * (D // HEADS) * 4 + 1)  # 2 lifetimes x (fp32 k and v of every head + valid)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", CacheCapWarning)
+        _, state = layer(tokens(5), layer.init_state(2, "cpu"))
+        few = layer.state_metrics(state)
+        _, state = layer(tokens(40, seed=1), state)
+        full = layer.state_metrics(state)
+    assert (few["cache_tokens"], few["state_bytes"]) == (5.0, 5.0 * per_token)
+    assert (full["cache_tokens"], full["state_bytes"]) == (12.0, 12.0 * per_token)
+
+
+def test_softmax_cache_size_reaches_the_tracker_for_every_layer():
+    # the tracker logs each entry of Backbone.state_metrics as memory/<layer>/<metric>
+    cfg = load_memory_config("softmax")
+    cfg.max_cache = 6
+    backbone = build_backbone(cfg, D, num_layers=2, mlp_ratio=2.0)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", CacheCapWarning)
+        _, state = backbone(tokens(9), backbone.init_state(2, "cpu"))
+    metrics = backbone.state_metrics(state)
+    assert {layer: m["cache_tokens"] for layer, m in metrics.items()} == {"layer0": 6.0, "layer1": 6.0}
+    assert all(m["state_bytes"] > 0 for m in metrics.values())
 
 
 def test_softmax_reset_invalidates_rows_and_drops_entries_nobody_sees():

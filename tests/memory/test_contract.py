@@ -6,6 +6,9 @@ Adding a mixer config makes it join this suite automatically:
 3. a reset at t equals a fresh ``init_state`` run on ``x[:, t:]``;
 4. state shapes, dtypes and bytes do not depend on T (parametric mixers);
 5. finite gradients, including into the initial state.
+
+Softmax attention also runs the suite with a cap far below T (``softmax[max_cache=24]``): its
+eviction of the oldest pairs must keep 1-3 and 5 exact.
 """
 from __future__ import annotations
 
@@ -25,11 +28,19 @@ RESET_AT = 37
 TOL = TOL_CHUNKED  # relative RMS, chunked vs recurrent (DESIGN.md section 4)
 
 MIXERS = available_mixers()
+CAPPED_SOFTMAX = 24  # below T = 63 and below the 11 + T tokens after warm_state
+#: contract cases: every config as shipped, plus softmax with its KV cache cap active
+CASES = {name: (name, {}) for name in MIXERS}
+CASES[f"softmax[max_cache={CAPPED_SOFTMAX}]"] = ("softmax", {"max_cache": CAPPED_SOFTMAX})
+
+pytestmark = pytest.mark.filterwarnings("ignore::lifelong.memory_layers.softmax_attention.CacheCapWarning")
 
 
-
-def make_mixer(name: str) -> MemoryMixer:
+def make_mixer(case: str) -> MemoryMixer:
+    name, overrides = CASES[case]
     cfg = load_memory_config(name)
+    for key, value in overrides.items():
+        cfg[key] = value
     if "chunk_size" in cfg:
         cfg.chunk_size = 16  # several chunks, the last one partial, at T = 63
     torch.manual_seed(0)
@@ -58,7 +69,7 @@ def test_the_zoo_has_configs():
     assert MIXERS, "configs/memory/ holds no mixer config"
 
 
-@pytest.mark.parametrize("name", MIXERS)
+@pytest.mark.parametrize("name", CASES)
 def test_chunked_forward_equals_a_loop_of_step(name):
     mixer = make_mixer(name)
     x = torch.randn(2, T, D_MODEL)
@@ -76,7 +87,7 @@ def test_chunked_forward_equals_a_loop_of_step(name):
     assert_states_close(s_chunk, s)
 
 
-@pytest.mark.parametrize("name", MIXERS)
+@pytest.mark.parametrize("name", CASES)
 def test_forward_in_two_pieces_equals_forward_whole(name):
     mixer = make_mixer(name)
     x = torch.randn(2, T, D_MODEL)
@@ -89,7 +100,7 @@ def test_forward_in_two_pieces_equals_forward_whole(name):
     assert_states_close(s_b, s_whole)
 
 
-@pytest.mark.parametrize("name", MIXERS)
+@pytest.mark.parametrize("name", CASES)
 def test_reset_equals_a_fresh_state_from_that_token(name):
     mixer = make_mixer(name)
     x = torch.randn(2, T, D_MODEL)
@@ -105,7 +116,7 @@ def test_reset_equals_a_fresh_state_from_that_token(name):
     assert rel_rms(y[0, :RESET_AT], y_noreset[0, :RESET_AT]) < TOL, "a reset changed earlier tokens"
 
 
-@pytest.mark.parametrize("name", MIXERS)
+@pytest.mark.parametrize("name", CASES)
 def test_state_size_does_not_depend_on_tokens_seen(name):
     mixer = make_mixer(name)
     with torch.no_grad():
@@ -120,7 +131,7 @@ def test_state_size_does_not_depend_on_tokens_seen(name):
         assert state_nbytes(long) > state_nbytes(short)
 
 
-@pytest.mark.parametrize("name", MIXERS)
+@pytest.mark.parametrize("name", CASES)
 def test_gradients_are_finite_and_reach_the_initial_state(name):
     mixer = make_mixer(name)
     x = torch.randn(2, T, D_MODEL, requires_grad=True)
@@ -140,7 +151,7 @@ def test_gradients_are_finite_and_reach_the_initial_state(name):
     assert all(torch.isfinite(t.grad).all() for t in reached)
 
 
-@pytest.mark.parametrize("name", MIXERS)
+@pytest.mark.parametrize("name", CASES)
 def test_state_metrics_are_finite_floats(name):
     mixer = make_mixer(name)
     metrics = mixer.state_metrics(warm_state(mixer, 2))

@@ -71,7 +71,8 @@ def test_installed_mixers_and_streams_are_listed(installed):
 def test_installed_smoke_lifetime_runs(installed):
     bin_dir, work = installed
     run_dir = work / "run"
-    _run([str(bin_dir / "lifelong"), "run", "stream=smoke", "total_steps=600", "progress=false",
-          f"hydra.run.dir={run_dir}"], cwd=work)
+    # 600 env steps: 2 lifetimes x 300, learning from segments of 64 (the default 8 x 128 is one 1,024-step segment)
+    _run([str(bin_dir / "lifelong"), "run", "stream=smoke", "total_steps=600", "num_envs=2", "agent.segment_length=64",
+          "progress=false", f"hydra.run.dir={run_dir}"], cwd=work)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 600, summary["steps"]

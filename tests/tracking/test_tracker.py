@@ -208,7 +208,7 @@ def test_state_dict_round_trip_reproduces_the_uninterrupted_summary(tmp_path):
     first.tb.flush()
     buffer.seek(0)
     second = Tracker.from_config(tmp_path / "resumed", ["A", "B"], HP, tracker_config(probe_every=50))
-    second.load_state_dict(torch.load(buffer, weights_only=False))
+    second.load_state_dict(torch.load(buffer, weights_only=True))
     torch.set_rng_state(rng)
     drive(second, blocks=[2], start_step=step)
     resumed = second.finalize()
