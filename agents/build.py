@@ -69,7 +69,7 @@ def lifetime_settings(vec_env: Any, run_dir: Path | str, seed: int, total_steps:
 
 
 #: keys that change how a run is shown or saved, never what it computes: left out of the fingerprint
-PRESENTATION_KEYS = ("progress", "debug", "overwrite", "checkpoint_every", "checkpoint_minutes", "checkpoint_keep",
+PRESENTATION_KEYS = ("progress", "debug", "overwrite", "resume_existing", "checkpoint_every", "checkpoint_minutes", "checkpoint_keep",
                      "device", "compile", "hydra")
 
 

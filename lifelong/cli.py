@@ -28,6 +28,7 @@ from lifelong.config_checks import ConfigError
 from lifelong.config_files import HYDRA_CONFIG_PATH, ConfigFilesMissing, config_dir
 from lifelong.group_overrides import check_group_choices
 from lifelong.launch import RunFailed
+from lifelong.stop_signals import pass_on_stop_signal
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -62,7 +63,7 @@ def _run_app() -> None:
         from hydra.core.hydra_config import HydraConfig
 
         from lifelong.config_schema import validate_run_config
-        from lifelong.launch import prepare_fresh_run_dir
+        from lifelong.launch import prepare_run_dir
 
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
@@ -70,10 +71,13 @@ def _run_app() -> None:
         except ValueError as error:
             fail(str(error))
         try:
-            prepare_fresh_run_dir(run_dir, bool(cfg.overwrite))
+            state = prepare_run_dir(run_dir, bool(cfg.overwrite), bool(cfg.resume_existing))
         except RunFailed as error:
             fail(str(error), error.status)
-        return _execute(cfg, run_dir, resume=False)
+        if state == "finished":  # a requeued job whose run had already finished
+            console.print(f"{run_dir} holds a finished run: left as it is", highlight=False, soft_wrap=True)
+            return None
+        return _execute(cfg, run_dir, resume=state == "resume")
 
     run_lifetime()
 
@@ -93,7 +97,10 @@ def _execute(cfg: DictConfig, run_dir: Path, *, resume: bool) -> float | None:
     try:
         summary = execute_lifetime(cfg, run_dir, console, resume=resume)
     except RunFailed as error:
-        fail(str(error), error.status)
+        message, status, signum = str(error), error.status, error.signum
+        if signum is not None:  # a stop signal: the line, then any handler installed before ours (a requeue)
+            pass_on_stop_signal(signum, lambda: fail(message, status))
+        fail(message, status)
     print_run_summary(summary, run_dir, console)
     acc = summary["cl"]["acc"]
     return float(acc) if acc is not None else None

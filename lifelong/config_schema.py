@@ -114,6 +114,7 @@ class RunConfig:
     reference: bool = allowed()
     progress: bool = allowed()
     overwrite: bool = allowed()
+    resume_existing: bool = allowed()
     debug: bool = allowed()
     tracker: TrackerConfig
     guard: GuardConfig

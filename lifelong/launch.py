@@ -15,36 +15,54 @@ from typing import Any
 from omegaconf import DictConfig
 from rich.console import Console
 
-from lifelong.run_dir import clear_run, holds_run
+from lifelong.run_dir import CHECKPOINT_FOLDER, clear_run, holds_run
 from lifelong.stop_signals import exit_status
 
 
 class RunFailed(Exception):
-    """A run that ended without a summary: ``message`` (one line) and the process exit ``status``."""
+    """A run that ended without a summary: ``message`` (one line), the process exit ``status`` and, for
+    a stop signal, its number (``signum``)."""
 
-    def __init__(self, message: str, status: int) -> None:
+    def __init__(self, message: str, status: int, signum: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.signum = signum
 
 
-def prepare_fresh_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Refuse a directory that already holds a run, unless ``overwrite`` (then its files are removed)."""
+def _finished(run_dir: Path) -> bool:
+    summary_path = run_dir / "summary.json"
+    return summary_path.is_file() and bool(json.loads(summary_path.read_text()).get("finished", False))
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool, resume_existing: bool = False) -> str:
+    """What ``lifelong run`` does with ``run_dir``: ``"fresh"`` (empty, or cleared with ``overwrite``),
+    ``"resume"`` (``resume_existing`` and an unfinished run with a checkpoint: a requeued job) or
+    ``"finished"`` (``resume_existing`` and the run already finished: nothing to do). A directory that
+    holds a run is refused otherwise."""
     if not holds_run(run_dir):
-        return
-    if not overwrite:
-        raise RunFailed(f"{run_dir} already holds a run: continue it with `lifelong resume {run_dir}`, "
-                        "or start afresh there with overwrite=true", 2)
-    clear_run(run_dir)
+        return "fresh"
+    if overwrite:
+        clear_run(run_dir)
+        return "fresh"
+    if resume_existing:
+        from lifelong.agents.checkpoint import CheckpointFolder
+
+        if _finished(run_dir):
+            return "finished"
+        if CheckpointFolder(run_dir / CHECKPOINT_FOLDER, keep=1, meta={}).latest() is not None:
+            return "resume"
+        clear_run(run_dir)  # killed before its first checkpoint: nothing to keep
+        return "fresh"
+    raise RunFailed(f"{run_dir} already holds a run: continue it with `lifelong resume {run_dir}`, "
+                    "or start afresh there with overwrite=true", 2)
 
 
 def check_resumable(run_dir: Path) -> None:
     """A finished run has nothing to continue (its summary.json says ``finished: true``)."""
-    summary_path = run_dir / "summary.json"
-    if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
-        if summary.get("finished", False):  # summaries of stopped runs say finished: false
-            raise RunFailed(f"the run in {run_dir} finished at env step {summary['steps']:,}: nothing to resume "
-                            "(start a new one with `lifelong run`)", 2)
+    if _finished(run_dir):  # summaries of stopped runs say finished: false
+        steps = json.loads((run_dir / "summary.json").read_text())["steps"]
+        raise RunFailed(f"the run in {run_dir} finished at env step {steps:,}: nothing to resume "
+                        "(start a new one with `lifelong run`)", 2)
 
 
 def _first_line(error: BaseException) -> str:
@@ -80,7 +98,7 @@ def execute_lifetime(cfg: DictConfig, run_dir: Path, console: Console, *, resume
         summary = lifetime.run(progress=bool(cfg.progress))
     except LifetimeStopped as stop:
         raise RunFailed(f"stopped by {stop.signal_name} at env step {stop.step:,}, checkpoint saved; continue with "
-                        f"`lifelong resume {run_dir}`", exit_status(stop.signum)) from None
+                        f"`lifelong resume {run_dir}`", exit_status(stop.signum), stop.signum) from None
     except KeyboardInterrupt:
         raise RunFailed(f"aborted at env step {lifetime.global_step:,} without saving; {last_checkpoint()}",
                         130) from None

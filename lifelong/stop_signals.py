@@ -13,9 +13,11 @@ and ``requested`` stays None. The previous handlers are restored on exit.
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from types import FrameType, TracebackType
 
 #: the signals that request a stop, and the exit status a stopped process reports for each
@@ -54,3 +56,17 @@ class StopSignals:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+
+def pass_on_stop_signal(signum: int, report: Callable[[], None]) -> None:
+    """After a graceful stop on ``signum``: ``report()`` (print the one line), then, if a handler of the
+    process's own was installed before ours for SIGTERM / SIGUSR1 (e.g. submitit's, which requeues a
+    preempted SLURM job), deliver the signal again so that it acts. ``report`` normally exits."""
+    handler = signal.getsignal(signum)
+    if signum == signal.SIGINT or handler in (signal.SIG_DFL, signal.SIG_IGN, None):
+        report()
+        return
+    try:
+        report()
+    finally:
+        os.kill(os.getpid(), signum)

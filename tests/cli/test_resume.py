@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers.cli import lifelong
 
-from lifelong.launch import RunFailed, prepare_fresh_run_dir
+from lifelong.launch import RunFailed, prepare_run_dir
 
 pytestmark = pytest.mark.slow
 
@@ -194,9 +194,24 @@ def test_overwrite_starts_afresh_without_mixing_old_files(tmp_path):
     (tmp_path / "events.out.tfevents.1.host.1.0").write_bytes(b"old")
     (tmp_path / "summary.json").write_text("{}")
     with pytest.raises(RunFailed, match="lifelong resume"):
-        prepare_fresh_run_dir(tmp_path, overwrite=False)
-    prepare_fresh_run_dir(tmp_path, overwrite=True)
+        prepare_run_dir(tmp_path, overwrite=False)
+    assert prepare_run_dir(tmp_path, overwrite=True) == "fresh"
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_resume_existing_continues_an_unfinished_run_and_leaves_a_finished_one(tmp_path):
+    """What a requeued (preempted) job on a scheduler needs: the same command continues the run."""
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "step_000000000064.pt").write_bytes(b"a checkpoint")
+    (tmp_path / "summary.json").write_text(json.dumps({"finished": False}))
+    assert prepare_run_dir(tmp_path, overwrite=False, resume_existing=True) == "resume"
+    (tmp_path / "summary.json").write_text(json.dumps({"finished": True}))
+    assert prepare_run_dir(tmp_path, overwrite=False, resume_existing=True) == "finished"
+    (tmp_path / "summary.json").unlink()
+    (tmp_path / "checkpoints" / "step_000000000064.pt").unlink()
+    (tmp_path / "events.out.tfevents.1.host.1.0").write_bytes(b"killed before its first checkpoint")
+    assert prepare_run_dir(tmp_path, overwrite=False, resume_existing=True) == "fresh"
+    assert not (tmp_path / "events.out.tfevents.1.host.1.0").exists()
 
 
 def test_resume_refuses_settings_that_would_change_the_run(uninterrupted, tmp_path):
