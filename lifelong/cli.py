@@ -55,31 +55,35 @@ def check_group_overrides(argv: list[str]) -> None:
 
 
 # ---- lifelong run -------------------------------------------------------------------------
+def run_lifetime(cfg: DictConfig) -> float | None:
+    """The Hydra task function of ``lifelong run``. Module-level, so that launchers running jobs in
+    other processes (joblib, submitit, Ray) pickle it by reference (``lifelong.cli.run_lifetime``)
+    rather than by value with the module globals it uses (``console`` holds a lock)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from lifelong.config_schema import validate_run_config
+    from lifelong.launch import prepare_run_dir
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        validate_run_config(cfg)  # every value, before any work
+    except ValueError as error:
+        fail(str(error))
+    try:
+        state = prepare_run_dir(run_dir, bool(cfg.overwrite), bool(cfg.resume_existing))
+    except RunFailed as error:
+        fail(str(error), error.status)
+    if state == "finished":  # a requeued job whose run had already finished
+        console.print(f"{run_dir} holds a finished run: left as it is", highlight=False, soft_wrap=True)
+        return None
+    return _execute(cfg, run_dir, resume=state == "resume")
+
+
 def _run_app() -> None:
     import hydra
 
-    @hydra.main(version_base="1.3", config_path=HYDRA_CONFIG_PATH, config_name="config")
-    def run_lifetime(cfg: DictConfig) -> float | None:
-        from hydra.core.hydra_config import HydraConfig
-
-        from lifelong.config_schema import validate_run_config
-        from lifelong.launch import prepare_run_dir
-
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-        try:
-            validate_run_config(cfg)  # every value, before any work
-        except ValueError as error:
-            fail(str(error))
-        try:
-            state = prepare_run_dir(run_dir, bool(cfg.overwrite), bool(cfg.resume_existing))
-        except RunFailed as error:
-            fail(str(error), error.status)
-        if state == "finished":  # a requeued job whose run had already finished
-            console.print(f"{run_dir} holds a finished run: left as it is", highlight=False, soft_wrap=True)
-            return None
-        return _execute(cfg, run_dir, resume=state == "resume")
-
-    run_lifetime()
+    # decorated here, not at module level: the module attribute must stay the plain, picklable function
+    hydra.main(version_base="1.3", config_path=HYDRA_CONFIG_PATH, config_name="config")(run_lifetime)()
 
 
 def cmd_run(argv: list[str]) -> None:

@@ -1,4 +1,4 @@
-"""Graceful stops: SIGINT (Ctrl-C), SIGTERM and SIGUSR1 (a scheduler's preemption notice) ask a
+"""Graceful stops: SIGINT (Ctrl-C), SIGTERM, SIGUSR1 and SIGUSR2 (a scheduler's preemption notice) ask a
 long-running loop to stop at its next safe point instead of killing it mid-step.
 
     with StopSignals() as stop:
@@ -21,7 +21,9 @@ from collections.abc import Callable
 from types import FrameType, TracebackType
 
 #: the signals that request a stop, and the exit status a stopped process reports for each
-STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR1", None)) if s is not None)
+#: (SIGUSR2 is what submitit's SLURM jobs receive before their time limit)
+STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR1", None),
+                                 getattr(signal, "SIGUSR2", None)) if s is not None)
 
 
 def exit_status(signum: int) -> int:
@@ -60,7 +62,7 @@ class StopSignals:
 
 def pass_on_stop_signal(signum: int, report: Callable[[], None]) -> None:
     """After a graceful stop on ``signum``: ``report()`` (print the one line), then, if a handler of the
-    process's own was installed before ours for SIGTERM / SIGUSR1 (e.g. submitit's, which requeues a
+    process's own was installed before ours for SIGTERM / SIGUSR1 / SIGUSR2 (e.g. submitit's, which requeues a
     preempted SLURM job), deliver the signal again so that it acts. ``report`` normally exits."""
     handler = signal.getsignal(signum)
     if signum == signal.SIGINT or handler in (signal.SIG_DFL, signal.SIG_IGN, None):
