@@ -53,8 +53,6 @@ class LifetimeTracker(Protocol):
 
     def finalize(self) -> dict[str, Any]: ...
 
-    def flush(self) -> None: ...
-
     def write_unfinished_summary(self, step: int) -> dict[str, Any]: ...
 
     def state_dict(self) -> dict[str, Any]: ...
@@ -365,19 +363,20 @@ class Lifetime:
         self._lr_scale = float(loop["lr_scale"])
         load_rng_state_dict(sd["rng"])
 
-    def save(self, path: Path | str) -> Path:
-        """Write the whole lifetime to ``path`` (after flushing the tracker's pending events)."""
+    def _checkpoint_state(self) -> dict[str, Any]:
+        """The lifetime's state for a checkpoint, after marking the checkpoint's step and time (the
+        tracker's state_dict writes its pending events first, so the checkpoint claims only events on disk)."""
         self._last_checkpoint = self.global_step
         self._last_checkpoint_time = time.monotonic()
-        self.tracker.flush()
-        return save_checkpoint(path, self.state_dict())
+        return self.state_dict()
+
+    def save(self, path: Path | str) -> Path:
+        """Write the whole lifetime to ``path``."""
+        return save_checkpoint(path, self._checkpoint_state())
 
     def checkpoint(self) -> Path:
         """Save into ``run_dir/checkpoints/step_<global step>.pt``, keeping the newest ``checkpoint_keep``."""
-        self._last_checkpoint = self.global_step
-        self._last_checkpoint_time = time.monotonic()
-        self.tracker.flush()
-        return self.checkpoints.save(self.global_step, self.state_dict())
+        return self.checkpoints.save(self.global_step, self._checkpoint_state())
 
     def resume(self) -> Path:
         """Continue from the newest readable checkpoint in ``run_dir/checkpoints``; returns its path."""

@@ -515,10 +515,6 @@ class Tracker:
         }
         return with_reference_transfer(summary, load_reference_summaries(self.run_dir / "reference", self.task_names))
 
-    def flush(self) -> None:
-        """Write the pending TensorBoard events to disk (a checkpoint must not claim unwritten events)."""
-        self.tb.flush()
-
     def write_unfinished_summary(self, step: int) -> dict[str, Any]:
         """``summary.json`` of a lifetime stopped before its end, marked ``finished: false``. Nothing goes
         to TensorBoard: the resumed lifetime writes the final figures when it finishes."""
@@ -552,7 +548,8 @@ class Tracker:
 
     # ---- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue the lifetime's figures exactly (plain Python / numpy)."""
+        """Everything needed to continue the lifetime's figures exactly (plain data). Pending TensorBoard
+        events are written first and the event files' sizes recorded, so a resume can cut them back here."""
         return {
             "version": 2,
             "run_dir": str(self.run_dir.resolve()),

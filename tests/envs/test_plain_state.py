@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import io
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
+from helpers.structures import same as same_structure
 
 from lifelong.envs.make import available_streams, load_stream_config, make_task_env, validate_stream_config
 from lifelong.envs.plain_state import env_state_dict, load_env_state_dict
@@ -19,14 +21,7 @@ def through_weights_only(state):
     return torch.load(buffer, weights_only=True)
 
 
-def same(a, b) -> bool:
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    if isinstance(a, np.ndarray):
-        return a.dtype == b.dtype and np.array_equal(a, b)
-    return type(a) is type(b) and a == b
+same = partial(same_structure, exact_types=True)  # a restored state keeps its types and dtypes
 
 
 def every_task() -> list[tuple[str, str]]:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
+from helpers.structures import same
 from omegaconf import OmegaConf
 
 from lifelong.envs.make import (
@@ -49,15 +50,6 @@ def rollout(stream, steps: int, seed: int | None = 0, action_seed: int = 0):
             observations.append(obs)
     return records, observations
 
-
-def same(a, b) -> bool:
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    if isinstance(a, np.ndarray):
-        return np.array_equal(a, b)
-    return a == b
 
 
 # ---- every configured stream -----------------------------------------------------------------
