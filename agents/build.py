@@ -22,8 +22,10 @@ from lifelong.agents.loop import Lifetime, LifetimeSettings
 from lifelong.agents.policy import LifelongAgent
 from lifelong.agents.ppo import PPOConfig, PPOLearner
 from lifelong.agents.rollout import RolloutCollector, sub_env_attr
-from lifelong.envs.make import make_task_env, make_vector_env
+from lifelong.envs.make import make_replay_env, make_task_env, make_vector_env
+from lifelong.tracking.blocks import BlockLedger
 from lifelong.tracking.probes import StreamProber
+from lifelong.tracking.replay import SwitchReplay
 from lifelong.tracking.tracker import Tracker
 
 
@@ -45,21 +47,22 @@ def lifetime_settings(vec_env: Any, run_dir: Path | str, seed: int, total_steps:
                       checkpoint_every: int, checkpoint_minutes: float, checkpoint_keep: int,
                       config_fingerprint: str) -> LifetimeSettings:
     """The settings of a lifetime on ``vec_env``: its tasks and schedule come from sub-env 0;
-    ``total_steps=None`` is one pass of a schedule counted in steps, for every lifetime."""
+    ``total_steps=None`` is one pass of the schedule, for every lifetime. The schedule must count
+    steps: blocks are synchronous across lifetimes (docs/blocks.md)."""
+    pass_steps = sub_env_attr(vec_env, 0, "schedule_steps")
+    if pass_steps is None:
+        raise ValueError(
+            "this stream counts its blocks in episodes, which the lifetimes of a vector env reach at different "
+            "steps; a lifetime needs blocks that cover the same env steps in every lifetime (docs/blocks.md): "
+            "give the stream `unit: steps` and `steps_per_task` (or schedule.durations in steps)"
+        )
     if total_steps is None:
-        pass_steps = sub_env_attr(vec_env, 0, "schedule_steps")
-        if pass_steps is None:
-            raise ValueError(
-                "total_steps=null needs a stream whose schedule is counted in steps; this stream counts "
-                "episodes: set total_steps=<env steps summed over all lifetimes>"
-            )
         total_steps = int(pass_steps) * int(vec_env.num_envs)
     return LifetimeSettings(
         run_dir=Path(run_dir),
         seed=seed,
         total_steps=int(total_steps),
         task_names=tuple(str(name) for name in sub_env_attr(vec_env, 0, "task_names")),
-        block_tasks=tuple(str(name) for name, _ in sub_env_attr(vec_env, 0, "schedule")),
         log_every=int(log_every),
         checkpoint_every=int(checkpoint_every),
         checkpoint_minutes=float(checkpoint_minutes),
@@ -79,20 +82,35 @@ def config_fingerprint(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+#: keys that never change what a run computes or how it is compared: left out of summary.json's config
+RUN_ONLY_KEYS = ("seed", "progress", "debug", "overwrite", "resume_existing", "checkpoint_every", "checkpoint_minutes",
+                 "checkpoint_keep", "hydra")
+
+
+def run_config(cfg: DictConfig, settings: LifetimeSettings) -> dict[str, Any]:
+    """The whole resolved configuration except the seed and the keys of :data:`RUN_ONLY_KEYS`, with
+    ``total_steps`` resolved: runs with equal run configs differ only by their seed."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    config = {k: v for k, v in plain.items() if k not in RUN_ONLY_KEYS}
+    config["total_steps"] = settings.total_steps
+    return config
+
+
+def run_info(cfg: DictConfig, settings: LifetimeSettings) -> dict[str, Any]:
+    """What ``summary.json`` says about the run for ``lifelong compare``: seed, the run config, its
+    key (equal keys: the same experiment, another seed), the mixer and stream names."""
+    config = run_config(cfg, settings)
+    key = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return {"seed": settings.seed, "memory": str(cfg.memory.name), "stream": str(cfg.stream.name),
+            "config_key": key, "config": config}
+
+
 def hparams(cfg: DictConfig, settings: LifetimeSettings) -> dict[str, Any]:
-    """The run's hyper-parameters for the tracker (TensorBoard's HParams tab, summary.json)."""
-    return {
-        "memory": str(cfg.memory.name),
-        "stream": str(cfg.stream.name),
-        "d_model": int(cfg.agent.d_model),
-        "num_layers": int(cfg.agent.num_layers),
-        "num_envs": int(cfg.num_envs),
-        "segment_length": int(cfg.agent.segment_length),
-        "lr": float(cfg.agent.lr),
-        "reset_on": str(cfg.memory.reset_on),
-        "seed": settings.seed,
-        "total_steps": settings.total_steps,
-    }
+    """The run's hyper-parameters for TensorBoard's HParams tab and summary.json: the whole run config
+    (nested; flattened to dotted keys in TensorBoard: the mixer is ``memory.name``, the stream
+    ``stream.name``), its key and the seed."""
+    info = run_info(cfg, settings)
+    return {**info["config"], "seed": info["seed"], "config_key": info["config_key"]}
 
 
 def build_lifetime(cfg: DictConfig, run_dir: Path | str) -> Lifetime:
@@ -122,6 +140,12 @@ def build_lifetime(cfg: DictConfig, run_dir: Path | str) -> Lifetime:
     collector = RolloutCollector(vec_env, agent, str(cfg.memory.reset_on), device,
                                  None if acting_threads is None else int(acting_threads))
     buffer = RolloutBuffer(num_envs, segment_length, device)
-    tracker = Tracker.from_config(run_dir, settings.task_names, hparams(cfg, settings), cfg.tracker)
-    prober = StreamProber(cfg.stream, int(cfg.tracker.probe_episodes), device, make_task_env)
-    return Lifetime(agent, collector, buffer, learner, tracker, prober, settings, DivergenceGuard.from_config(cfg.guard))
+    ledger = BlockLedger.of(sub_env_attr(vec_env, 0, "schedule"), num_envs)
+    tracker = Tracker.from_config(run_dir, settings.task_names, hparams(cfg, settings), cfg.tracker, ledger,
+                                  run_info(cfg, settings))
+    prober = StreamProber(cfg.stream, device, make_task_env)
+    episodes = cfg.tracker.replay_episodes
+    replay = None if episodes is None else SwitchReplay(cfg.stream, device, make_replay_env, tuple(int(n) for n in episodes),
+                                                        float(cfg.tracker.recovery_level), int(cfg.tracker.bootstrap_samples))
+    return Lifetime(agent, collector, buffer, learner, tracker, prober, settings, DivergenceGuard.from_config(cfg.guard),
+                    replay)

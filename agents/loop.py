@@ -36,7 +36,7 @@ class LifetimeTracker(Protocol):
     """What the lifetime reports to (``tracking.tracker.Tracker``; see docs/interfaces.md)."""
 
     def log_episode(self, step: int, task_name: str, episode_return: float, episode_length: int, success: float,
-                    episodes_since_switch: int) -> None: ...
+                    episodes_since_switch: int, block_index: int | None = None) -> None: ...
 
     def log_task_switch(self, step: int, task_name: str, visit: int, block_index: int) -> None: ...
 
@@ -48,6 +48,11 @@ class LifetimeTracker(Protocol):
                        grad_norm: float | None) -> None: ...
 
     def should_probe(self, step: int) -> bool: ...
+
+    def probe_plan(self, block_end: int | None, step: int) -> tuple[list[str], int]: ...
+
+    @property
+    def current_block(self) -> int: ...
 
     def log_probe(self, step: int, results: Mapping[str, Any], block_end: int | None = None) -> None: ...
 
@@ -61,9 +66,17 @@ class LifetimeTracker(Protocol):
 
 
 class Prober(Protocol):
-    """Evaluates ``agent`` on ``tasks`` from a copy of ``memory`` (``tracking.probes.StreamProber``)."""
+    """Evaluates ``agent`` on ``tasks`` from a copy of ``memory``, ``episodes`` per task over all
+    lifetimes (``tracking.probes.StreamProber``)."""
 
-    def __call__(self, agent: LifelongAgent, memory: Memory, tasks: Sequence[str], seed: int) -> ProbeResults: ...
+    def __call__(self, agent: LifelongAgent, memory: Memory, tasks: Sequence[str], seed: int,
+                 episodes: int) -> ProbeResults: ...
+
+
+class Replayer(Protocol):
+    """The switch-replay probe (``tracking.replay.SwitchReplay``): A, B, A again through a copy of the memory."""
+
+    def __call__(self, agent: LifelongAgent, memory: Memory, tasks: tuple[str, str], seed: int) -> dict[str, Any]: ...
 
 
 class Learner(Protocol):
@@ -87,7 +100,6 @@ class LifetimeSettings:
     seed: int  # the probes are seeded from it
     total_steps: int  # env steps summed over all lifetimes
     task_names: tuple[str, ...]  # every task of the stream
-    block_tasks: tuple[str, ...]  # the task of each block of one pass of the schedule
     log_every: int  # env steps between memory / plasticity diagnostics
     checkpoint_every: int  # env steps between checkpoints (0: none by steps)
     checkpoint_minutes: float  # wall-clock minutes between checkpoints (0: none by time)
@@ -108,7 +120,7 @@ class Lifetime:
 
     def __init__(self, agent: LifelongAgent, collector: RolloutCollector, buffer: RolloutBuffer, learner: Learner,
                  tracker: LifetimeTracker, prober: Prober, settings: LifetimeSettings,
-                 guard: DivergenceGuard | None = None) -> None:
+                 guard: DivergenceGuard | None = None, replay: Replayer | None = None) -> None:
         self.agent = agent
         self.collector = collector
         self.buffer = buffer
@@ -117,55 +129,64 @@ class Lifetime:
         self.prober = prober
         self.settings = settings
         self.guard = guard
+        self.replay = replay
         self.rollbacks = 0  # divergences rolled back so far in this process
         self._lr_scale = 1.0  # the learning rate's factor from rollbacks (saved in checkpoints)
         self.num_envs = collector.num_envs
-        self._probe_seconds = 0.0  # wall time spent in probes (counted apart from the lifetime)
+        self._probe_seconds = 0.0  # wall time spent in probes (counted apart from the lifetime), over every process
+        self._wall_before = 0.0  # wall time of the earlier processes of this lifetime (resumed runs)
+        self._run_started: float | None = None  # perf_counter() when this process's run() began
         self.global_step = 0
         self.started = False
         self._episodes_since_switch = [0] * self.num_envs
         self._recent_returns: deque[float] = deque(maxlen=100)
-        self._current_task = settings.task_names[0] if settings.task_names else ""
-        self._block_index = 0
-        self._seen_tasks: list[str] = []
+        self._current_task = ""  # for the progress bar only; the tracker owns the blocks
         self._last_log = 0
         self._last_checkpoint = 0
         self._last_checkpoint_time = time.monotonic()
         self.checkpoints = CheckpointFolder(settings.run_dir / "checkpoints", settings.checkpoint_keep,
                                             {"config": settings.config_fingerprint})
         self._final_probe: ProbeResults | None = None  # the end-of-lifetime probe, once taken
+        self._last_probe_step = -1  # env step of the newest probe
+        self._last_results: ProbeResults | None = None  # its results (this process only)
 
     # ---- probes --------------------------------------------------------------------------------
-    def _next_task(self) -> str | None:
-        """The task of the block after lifetime 0's current block (the schedule cycles; None if empty)."""
-        blocks = self.settings.block_tasks
-        return blocks[(self._block_index + 1) % len(blocks)] if blocks else None
-
-    def _probe(self, tasks: list[str], block_end: int | None = None) -> ProbeResults:
-        """Evaluate every lifetime on ``tasks`` from a copy of its memory (learning off); log it."""
+    def _probe(self, block_end: int | None = None) -> ProbeResults:
+        """Probe every lifetime from a copy of its memory (learning off) on the tasks the tracker plans
+        for this moment (``probe_plan``); log it."""
         started = time.perf_counter()
+        tasks, episodes = self.tracker.probe_plan(block_end, self.global_step)
         with self.collector.acting():
             results = self.prober(self.agent, self.collector.memory, tasks,
-                                  self.settings.seed + 10_000 + self.global_step)
+                                  self.settings.seed + 10_000 + self.global_step, episodes)
         self.tracker.log_probe(self.global_step, results, block_end=block_end)
         self._probe_seconds += time.perf_counter() - started  # kept out of charts/sps
+        self._last_probe_step = self.global_step
+        self._last_results = results if block_end is not None else None
         return results
 
-    def _probe_tasks(self) -> list[str]:
-        tasks = list(self._seen_tasks)
-        nxt = self._next_task()
-        if nxt is not None and nxt not in tasks:
-            tasks.append(nxt)
-        return tasks
+    def _switch_replay(self) -> None:
+        """In-context versus in-weight forgetting at the lifetime's end (tracking/replay.py)."""
+        tasks = self.tracker.replay_tasks() if self.replay is not None else None
+        if tasks is None:
+            return
+        started = time.perf_counter()
+        with self.collector.acting():
+            result = self.replay(self.agent, self.collector.memory, tasks, self.settings.seed + 20_000 + self.global_step)
+        self.tracker.log_replay(self.global_step, result)
+        self._probe_seconds += time.perf_counter() - started
 
     # ---- per-step bookkeeping ------------------------------------------------------------------
     def _on_step(self, info: Info) -> None:
+        """Report one vector step: finished episodes (each with the block its own lifetime's stream
+        names), then block starts, then the probe of a block that ended on this step (row k of R,
+        docs/blocks.md: every lifetime ends block k on the same step) or a periodic probe.
+
+        A lifetime's token is a step (maybe ending an episode) or a reset (maybe starting a block),
+        never both; the episodes of every lifetime go first, so that block k's last episodes reach
+        the tracker before another lifetime's reset on the same step starts block k+1."""
         self.global_step += self.num_envs
         for i in range(self.num_envs):
-            if bool(info_at(info, "task_switch", i, False)):
-                self._episodes_since_switch[i] = 0
-                if i == 0:
-                    self._on_task_switch(info)
             ret = info_at(info, "episode_return", i)
             if ret is None:
                 continue
@@ -174,25 +195,21 @@ class Lifetime:
             self.tracker.log_episode(
                 self.global_step, str(info_at(info, "task_name", i, "")), float(ret),
                 int(info_at(info, "episode_length", i, 0)), float(info_at(info, "episode_success", i, 0.0)),
-                self._episodes_since_switch[i],
+                self._episodes_since_switch[i], int(info_at(info, "block_index", i, 0)),
             )
-
-    def _on_task_switch(self, info: Info) -> None:
-        """Lifetime 0 starts a new block: probe the block that ended (row k of R) on every task seen
-        and on the incoming one (R[k, k+1] is what GEM's forward transfer reads), then log the switch."""
-        block_index = int(info_at(info, "block_index", 0, self._block_index + 1))
-        name = str(info_at(info, "task_name", 0, ""))
-        if block_index > 0 and block_index != self._block_index:
-            tasks = self._seen_tasks_with(self._current_task)
-            self._probe(tasks + ([name] if name and name not in tasks else []), block_end=self._block_index)
-        self._block_index = block_index
-        self._current_task = name
-        if name not in self._seen_tasks:
-            self._seen_tasks.append(name)
-        self.tracker.log_task_switch(self.global_step, name, int(info_at(info, "visit", 0, 1)), block_index)
-
-    def _seen_tasks_with(self, name: str) -> list[str]:
-        return self._seen_tasks + ([name] if name and name not in self._seen_tasks else [])
+        for i in range(self.num_envs):
+            if bool(info_at(info, "task_switch", i, False)):
+                self._episodes_since_switch[i] = 0
+                name = str(info_at(info, "task_name", i, ""))
+                self.tracker.log_task_switch(self.global_step, name, int(info_at(info, "visit", i, 1)),
+                                             int(info_at(info, "block_index", i, 0)))
+                if i == 0:
+                    self._current_task = name
+        ended = _block_end(info, self.num_envs)
+        if ended is not None:
+            self._probe(block_end=ended)
+        elif self.tracker.should_probe(self.global_step):
+            self._probe()
 
     def _log_diagnostics(self, stats: dict[str, Any], sps: float) -> None:
         scalars = {k: float(v) for k, v in stats.items() if k.startswith("losses/")}
@@ -205,16 +222,14 @@ class Lifetime:
 
     # ---- the loop ------------------------------------------------------------------------------
     def start(self) -> None:
-        """Reset the envs, log the first task switch and probe the untrained agent (baseline b_j)."""
+        """Reset the envs, log the first block and probe the untrained agent (baseline b_j)."""
         info = self.collector.reset(self.settings.seed)
         self.started = True
-        if bool(info_at(info, "task_switch", 0, True)):
-            self._block_index = int(info_at(info, "block_index", 0, 0))
-            name = str(info_at(info, "task_name", 0, self.settings.task_names[0]))
-            self._current_task = name
-            self._seen_tasks = [name]
-            self.tracker.log_task_switch(0, name, int(info_at(info, "visit", 0, 1)), self._block_index)
-        self._probe(list(self.settings.task_names))
+        for i in range(self.num_envs):
+            name = str(info_at(info, "task_name", i, ""))
+            self.tracker.log_task_switch(0, name, int(info_at(info, "visit", i, 1)), int(info_at(info, "block_index", i, 0)))
+        self._current_task = str(info_at(info, "task_name", 0, ""))
+        self._probe()
 
     def train_segment(self) -> dict[str, Any]:
         """Collect one segment in every lifetime and run the learner's update on it."""
@@ -237,8 +252,14 @@ class Lifetime:
                 self._on_step(info)
         self.collector.check_finite()
 
+    def _wall_seconds(self) -> float:
+        """Wall time of the lifetime so far, earlier processes included."""
+        now = time.perf_counter()
+        return self._wall_before + (now - self._run_started if self._run_started is not None else 0.0)
+
     def run(self, progress: bool = True) -> dict[str, Any]:
         """Run the lifetime to ``total_steps`` env steps (summed over lifetimes); returns the summary."""
+        self._run_started = time.perf_counter()
         bar = None
         try:
             with StopSignals() as stop:  # a stop during start() takes effect after the first segment
@@ -257,8 +278,16 @@ class Lifetime:
             if bar is not None:
                 bar.close()
         if self._final_probe is None:  # a lifetime resumed after its final probe does not probe again
-            self._final_probe = self._probe(self._seen_tasks_with(self._current_task), block_end=self._block_index)
+            block = self.tracker.current_block
+            if self._last_probe_step == self.global_step and self._last_results is not None:
+                self._final_probe = self._last_results  # the run ended on a block end: its probe is the final one
+            else:  # a partial final block: its row of R is measured where the lifetime stops
+                self._final_probe = self._probe(block_end=block)
+            self._switch_replay()
             self.checkpoint()
+        wall = self._wall_seconds()
+        self.tracker.log_scalars(self.global_step, {"charts/wall_seconds": wall, "charts/probe_seconds": self._probe_seconds,
+                                                    "charts/probe_share": self._probe_seconds / max(wall, 1e-9)})
         summary = dict(self.tracker.finalize())
         summary["final_probe"] = {task: {k: r[k] for k in ("success", "return")} for task, r in self._final_probe.items()}
         summary["env_steps"] = self.global_step
@@ -282,8 +311,6 @@ class Lifetime:
             sps = (self.global_step - last_step) / max(lifetime_seconds, 1e-9)
             last_time, last_step, last_probe = now, self.global_step, self._probe_seconds
             self._log_diagnostics(stats, sps)
-            if self.tracker.should_probe(self.global_step):
-                self._probe(self._probe_tasks())
             if stop.requested:
                 path = self.checkpoint()
                 self.tracker.write_unfinished_summary(self.global_step)
@@ -338,11 +365,14 @@ class Lifetime:
                 "episodes_since_switch": list(self._episodes_since_switch),
                 "recent_returns": list(self._recent_returns),
                 "current_task": self._current_task,
-                "block_index": self._block_index,
-                "seen_tasks": list(self._seen_tasks),
+                "last_probe_step": self._last_probe_step,
+                # a block-end probe at this very step is the final one if the lifetime ends here
+                "last_results": self._last_results if self._last_probe_step == self.global_step else None,
                 "last_log": self._last_log,
                 "last_checkpoint": self._last_checkpoint,
                 "final_probe": self._final_probe,
+                "probe_seconds": self._probe_seconds,
+                "wall_seconds": self._wall_seconds(),
                 "lr_scale": self._lr_scale,
             },
         }
@@ -356,10 +386,14 @@ class Lifetime:
         self.global_step, self.started = loop["global_step"], loop["started"]
         self._episodes_since_switch = list(loop["episodes_since_switch"])
         self._recent_returns = deque(loop["recent_returns"], maxlen=100)
-        self._current_task, self._block_index = loop["current_task"], loop["block_index"]
-        self._seen_tasks = list(loop["seen_tasks"])
+        self._current_task = loop["current_task"]
+        self._last_probe_step = int(loop["last_probe_step"])
+        self._last_results = loop.get("last_results")
         self._last_log, self._last_checkpoint = loop["last_log"], loop["last_checkpoint"]
         self._final_probe = loop["final_probe"]
+        self._probe_seconds = float(loop["probe_seconds"])
+        self._wall_before = float(loop["wall_seconds"])
+        self._run_started = time.perf_counter() if self._run_started is not None else None
         self._lr_scale = float(loop["lr_scale"])
         load_rng_state_dict(sd["rng"])
 
@@ -386,6 +420,16 @@ class Lifetime:
 
     def load(self, path: Path | str) -> None:
         self.load_state_dict(load_checkpoint(path, map_location=self.collector.device))
+
+
+def _block_end(info: Info, num_envs: int) -> int | None:
+    """The block whose last token this vector step was (None inside a block); every lifetime must agree."""
+    ends = {int(info_at(info, "block_end", i, -1)) for i in range(num_envs)}
+    if len(ends) > 1:
+        raise RuntimeError(f"the lifetimes disagree on the block that ended on this step ({sorted(ends)}): every "
+                           f"lifetime of a vector env must follow one schedule counted in steps (docs/blocks.md)")
+    ended = ends.pop() if ends else -1
+    return ended if ended >= 0 else None
 
 
 def _progress_bar(total: int, initial: int) -> Any:

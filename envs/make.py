@@ -6,6 +6,7 @@ Invalid configs raise ``ValueError`` with one line naming the valid choices, bef
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ class StreamSpec:
     """A validated stream config: the task specs, one pass of the schedule and the options."""
 
     name: str
+    description: str
     tasks: dict[str, TaskSpec]
     schedule: Schedule
     task_names: list[str]
@@ -75,7 +77,7 @@ def validate_stream_config(stream_cfg: Any) -> StreamSpec:
     except ValueError as error:
         raise ValueError(f"stream {config.name!r}: {error}") from None
     task_names = list(dict.fromkeys(t for t, _ in schedule.blocks))
-    return StreamSpec(name=config.name, tasks=config.tasks, schedule=schedule, task_names=task_names,
+    return StreamSpec(name=config.name, description=config.description, tasks=config.tasks, schedule=schedule, task_names=task_names,
                       expose_task_id=config.expose_task_id, recall_vocab=recall_vocab)
 
 
@@ -114,11 +116,24 @@ def make_task_env(stream_cfg: Any, task_name: str, seed: int) -> StreamEnv:
                      recall_vocab=spec.recall_vocab, name=f"{spec.name}/{task_name}")
 
 
+def make_replay_env(stream_cfg: Any, blocks: Sequence[tuple[str, int]], seed: int) -> StreamEnv:
+    """A stream of the config's tasks on the schedule ``blocks`` = ``[(task, episodes), ...]`` counted in
+    episodes (the switch-replay probe: A for n episodes, then B, then A again), ids as in the stream."""
+    spec = validate_stream_config(stream_cfg)
+    unknown = [task for task, _ in blocks if task not in spec.tasks]
+    if unknown:
+        raise ValueError(f"stream {spec.name!r} has no task(s) {unknown}: choose from {', '.join(spec.tasks)}")
+    schedule = Schedule(blocks=tuple((str(t), int(n)) for t, n in blocks), unit="episodes")
+    names = spec.task_names + [t for t, _ in blocks if t not in spec.task_names]
+    return StreamEnv(spec.tasks, schedule, seed=seed, expose_task_id=spec.expose_task_id, task_names=names,
+                     recall_vocab=spec.recall_vocab, name=f"{spec.name}/replay")
+
+
 def describe_streams() -> list[dict[str, Any]]:
-    """Per configured stream: ``name``, ``tasks``, ``blocks``, ``schedule_length``, ``unit``."""
+    """Per configured stream: ``name``, ``description``, ``tasks``, ``blocks``, ``schedule_length``, ``unit``."""
     rows = []
     for name in available_streams():
         spec = validate_stream_config(load_stream_config(name))
-        rows.append({"name": name, "tasks": spec.task_names, "blocks": len(spec.schedule.blocks),
+        rows.append({"name": name, "description": spec.description, "tasks": spec.task_names, "blocks": len(spec.schedule.blocks),
                      "schedule_length": spec.schedule.length, "unit": spec.schedule.unit})
     return rows

@@ -80,7 +80,8 @@ def build_schedule(config: ScheduleConfig, task_names: list[str], unit: str, def
         for i in idx:
             d = int(rng.integers(lo, hi + 1)) if duration_range is not None else durations[i]
             blocks.append((order[i], d))
-    bad = [d for _, d in blocks if d < 1]
+    least = 2 if unit == "steps" else 1  # a steps block holds its autoreset token and at least one step
+    bad = [d for _, d in blocks if d < least]
     if bad:
-        raise ValueError(f"schedule block durations must be >= 1 {unit}, got {bad[0]}")
+        raise ValueError(f"schedule block durations must be >= {least} {unit}, got {bad[0]}")
     return Schedule(blocks=tuple(blocks), unit=unit)

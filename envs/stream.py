@@ -2,14 +2,24 @@
 
 The stream walks a :class:`~envs.schedules.Schedule` of blocks ``(task_name, duration)``; when the
 schedule is exhausted it starts again (a lifetime never ends). Block boundaries sit at fixed
-positions of the stream (cumulative durations, in env steps or episodes); the switch to the next
-block takes effect at the first episode boundary (reset) at or after the boundary, and never skips
-a block. All tasks share one observation and action space.
+positions of the stream (cumulative durations). All tasks share one observation and action space.
+
+Blocks in ``unit: steps`` are synchronous (docs/blocks.md): the stream counts *tokens*, the calls of
+a NEXT_STEP-autoreset vector env (every ``step()`` and every ``reset()`` after the first, which is
+the autoreset token), so that every lifetime of a vector env is at the same position after the same
+number of vector steps. Block k covers tokens ``(end_{k-1}, end_k]`` in every lifetime: the episode
+running at ``end_k`` is truncated there (bootstrapped as a truncation), and an episode reset at or
+after ``end_k`` belongs to block k+1. No episode spans two blocks.
+
+In ``unit: episodes`` a block ends at the first reset after its episode count (one lifetime's own
+position; lifetimes of a vector env drift apart, which is why ``lifelong run`` takes steps only).
 
 ``info`` on every step and reset: ``task_id``, ``task_name``, ``task_switch`` (True on the reset
-that starts a new block), ``visit`` (1 on a task's first block), ``block_index`` (counts blocks over
-the whole lifetime). On an episode's last step also ``episode_return``, ``episode_length`` and
-``episode_success``.
+that starts a new block), ``visit`` (1 on a task's first block), ``block_index`` (the block the
+token's episode belongs to, counted over the whole lifetime), ``block_end`` (the index of the block
+whose last token this is, else -1; steps unit only). On an episode's last step also
+``episode_return``, ``episode_length``, ``episode_success`` and ``block_truncated`` (True when the
+block's end, not the task, ended the episode).
 """
 from __future__ import annotations
 
@@ -24,7 +34,7 @@ from lifelong.envs.schedules import Schedule
 from lifelong.envs.stream_config import RecallVocab, TaskSpec
 from lifelong.envs.tasks import build_task_env
 
-STATE_VERSION = 2  # 2: task envs as plain data (envs.plain_state), no pickle
+STATE_VERSION = 3  # 2: task envs as plain data (envs.plain_state), no pickle; 3: steps count tokens (synchronous blocks)
 
 
 class StreamEnv(gym.Env):
@@ -110,6 +120,13 @@ class StreamEnv(gym.Env):
         passes, i = divmod(block, len(self.schedule))
         return passes * self._pass_length + int(self._ends[i])
 
+    def _ending_block(self) -> int:
+        """The block whose last token the current position is (-1 inside a block)."""
+        block = self._block
+        while self._block_end(block) < self._units:
+            block += 1
+        return block if self._block_end(block) == self._units else -1
+
     @property
     def block_index(self) -> int:
         return self._block
@@ -142,11 +159,16 @@ class StreamEnv(gym.Env):
         if seed is not None:
             self._restart(seed)
         switch = False
+        ended = -1
         if not self._started:
             self._started, switch = True, True
-        elif self._units >= self._block_end(self._block):
-            self._block += 1
-            switch = True
+        else:
+            if self.duration_unit == "steps":  # the autoreset token
+                self._units += 1
+                ended = self._ending_block()
+            if self._units >= self._block_end(self._block):
+                self._block += 1
+                switch = True
         tid = self.task_id
         if switch:
             self._visits[tid] += 1
@@ -156,7 +178,10 @@ class StreamEnv(gym.Env):
         self._episode_return = 0.0
         self._episode_length = 0
         self._needs_reset = False
-        return self._observe(obs), self._info(switch)
+        info = self._info(switch)
+        if self.duration_unit == "steps":
+            info["block_end"] = ended
+        return self._observe(obs), info
 
     def step(self, action: Any):
         if self._needs_reset:
@@ -166,8 +191,13 @@ class StreamEnv(gym.Env):
         self._episode_return += reward
         self._episode_length += 1
         info = self._info(False)
+        block_truncated = False
         if self.duration_unit == "steps":
             self._units += 1
+            info["block_end"] = self._ending_block()
+            if self._units >= self._block_end(self._block) and not terminated:
+                block_truncated = not truncated
+                truncated = True
         if terminated or truncated:
             self._needs_reset = True
             if self.duration_unit == "episodes":
@@ -175,6 +205,7 @@ class StreamEnv(gym.Env):
             info["episode_return"] = self._episode_return
             info["episode_length"] = self._episode_length
             info["episode_success"] = float(inner.get("success", float(self._episode_return > 0)))
+            info["block_truncated"] = block_truncated
         return self._observe(obs), reward, bool(terminated), bool(truncated), info
 
     def close(self) -> None:

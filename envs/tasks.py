@@ -1,18 +1,50 @@
 """Building one task env from its :class:`~envs.stream_config.TaskSpec`.
 
-A task is a registered Gymnasium env or an associative-recall env (``envs.recall``) built on the
-stream's shared vocabulary. Every built task env has the stream's observation processing
-(MiniGrid: the mission string dropped), reports ``info["success"]`` on its episode-ending step, and
-then goes through the task's shifts (``envs.wrappers``) in order.
+A task is a registered Gymnasium env, an associative-recall env (``envs.recall``) built on the
+stream's shared vocabulary, or a hidden-task env: the dark room (``envs.darkroom``), the Bernoulli
+bandit (``envs.bandit``) or the hidden-rule doors (``envs.hidden_door``). Every built task env has the
+stream's observation processing (MiniGrid: the mission string dropped), reports ``info["success"]``
+on its episode-ending step, and then goes through the task's shifts (``envs.wrappers``) in order.
 """
 from __future__ import annotations
 
 import gymnasium as gym
 import minigrid  # noqa: F401  (registers the MiniGrid-* env ids)
 
+from lifelong.envs.bandit import BernoulliBanditEnv
+from lifelong.envs.darkroom import DarkRoomEnv
+from lifelong.envs.hidden_door import HiddenDoorEnv
 from lifelong.envs.recall import AssociativeRecallEnv
 from lifelong.envs.stream_config import RecallVocab, TaskSpec
 from lifelong.envs.wrappers import EpisodeSuccess, MiniGridObservation, apply_shift
+
+
+def is_minigrid_dict(space: gym.Space) -> bool:
+    return isinstance(space, gym.spaces.Dict) and {"image", "direction", "mission"} <= set(space.spaces)
+
+
+def build_base_env(spec: TaskSpec, recall_vocab: RecallVocab | None) -> gym.Env:
+    """The task's env before the success info and the shifts (MiniGrid's mission already dropped)."""
+    kind = spec.kind
+    if kind == "env_id":
+        env = gym.make(spec.env_id, disable_env_checker=True, **spec.env_kwargs)
+    elif kind == "darkroom":
+        env = DarkRoomEnv(**spec.darkroom.env_kwargs())
+    elif kind == "hidden_door":
+        door = spec.hidden_door
+        env = HiddenDoorEnv(correct=door.correct, doors=door.doors, size=door.size, color=door.color,
+                            max_steps=door.max_steps)
+    elif kind == "bandit":
+        env = BernoulliBanditEnv(probs=spec.bandit.arm_probs(), pulls=spec.bandit.pulls)
+    elif recall_vocab is None or recall_vocab.num_keys is None:
+        raise ValueError("a recall task needs the stream's recall_vocab with num_keys resolved (envs.make builds it)")
+    else:
+        recall = spec.recall
+        env = AssociativeRecallEnv(num_pairs=recall.num_pairs, gap=recall.gap, num_keys=recall_vocab.num_keys,
+                                   num_values=recall_vocab.num_values, num_queries=recall.num_queries)
+    if is_minigrid_dict(env.observation_space):
+        env = MiniGridObservation(env)
+    return env
 
 
 def build_task_env(spec: TaskSpec, recall_vocab: RecallVocab | None) -> gym.Env:
@@ -21,18 +53,7 @@ def build_task_env(spec: TaskSpec, recall_vocab: RecallVocab | None) -> gym.Env:
     ``recall_vocab``: the stream's vocabulary with ``num_keys`` resolved (``envs.make``); a recall
     task needs it, other tasks ignore it.
     """
-    if spec.env_id is not None:
-        env = gym.make(spec.env_id, disable_env_checker=True, **spec.env_kwargs)
-        space = env.observation_space
-        if isinstance(space, gym.spaces.Dict) and {"image", "direction", "mission"} <= set(space.spaces):
-            env = MiniGridObservation(env)
-    elif recall_vocab is None or recall_vocab.num_keys is None:
-        raise ValueError("a recall task needs the stream's recall_vocab with num_keys resolved (envs.make builds it)")
-    else:
-        recall = spec.recall
-        env = AssociativeRecallEnv(num_pairs=recall.num_pairs, gap=recall.gap, num_keys=recall_vocab.num_keys,
-                                   num_values=recall_vocab.num_values, num_queries=recall.num_queries)
-    env = EpisodeSuccess(env)
+    env = EpisodeSuccess(build_base_env(spec, recall_vocab))
     for shift in spec.shifts:
         env = apply_shift(env, shift)
     return env

@@ -5,6 +5,8 @@
                                              continue a stopped or killed run from its newest checkpoint
     lifelong compare RUN_DIR... [--out DIR]  side-by-side report of runs (table + PNG)
     lifelong tensorboard RUN_DIR [--port N]  TensorBoard on 127.0.0.1 for a run
+    lifelong mqar [HYDRA OVERRIDES...] [-m]  supervised associative recall (MQAR) with one mixer
+    lifelong mqar-report DIR [--out DIR]    figures + table from the MQAR runs under DIR
     lifelong streams                         the configured task streams
     lifelong mixers                          the configured memory mixers
     lifelong --version                       the installed version
@@ -152,26 +154,41 @@ def cmd_resume(argv: list[str]) -> None:
 
 # ---- other subcommands --------------------------------------------------------------------
 def cmd_compare(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="lifelong compare", description="Compare runs side by side.")
+    parser = argparse.ArgumentParser(
+        prog="lifelong compare",
+        description="Compare finished runs: groups of seeds with the same configuration, mean ± 95% CI across "
+                    "seeds of ACC, forgetting, BWT, FWT, CW forgetting / forward transfer; probe curves and R.",
+    )
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories or a multirun directory")
-    parser.add_argument("--out", type=Path, default=None, help="where to write compare.{csv,md,png}")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where to write compare.{md,csv,png}, compare_tasks.md, compare_R.png "
+                             "(default: the run directory when one is given, else runs/compare)")
     args = parser.parse_args(argv)
     missing = [str(p) for p in args.run_dirs if not p.exists()]
     if missing:
         fail(f"no such run directory: {', '.join(missing)}")
-    from lifelong.tracking.report import compare_runs
+    from lifelong.summary import print_dataframe
+    from lifelong.tracking.report import compare, display_table
 
     out_dir = args.out or (args.run_dirs[0] if len(args.run_dirs) == 1 else Path("runs") / "compare")
-    out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        table, png = compare_runs(list(args.run_dirs), out_dir)
-    except (ValueError, FileNotFoundError) as error:
+        result = compare(list(args.run_dirs), out_dir)
+    except (ValueError, OSError) as error:  # nothing left to compare, no summary.json, an unwritable --out
         fail(str(error))
-    from lifelong.summary import print_dataframe
-    from lifelong.tracking.report import display_table
-
-    print_dataframe(display_table(table), "runs compared (mean ± std over seeds)", console)
-    console.print(f"figure: [bold]{png}[/]\ntable:  {out_dir / 'compare.md'}, {out_dir / 'compare.csv'}")
+    console.print("groups (runs with the same configuration, seeds aside):", highlight=False)
+    width = max(len(group.label) for group in result.groups)
+    for k, group in enumerate(result.groups, 1):
+        console.print(f"  [{k}] {group.label:<{width}}   n={group.seeds}   config_key {group.config_key}",
+                      highlight=False, soft_wrap=True, markup=False)
+    shown = display_table(result.table)
+    shown.columns = [f"[{k}] {group.memory}" for k, group in enumerate(result.groups, 1)]
+    print_dataframe(shown, "mean ± 95% CI across seeds (Student t)", console)
+    if any(group.seeds == 1 for group in result.groups):
+        console.print("n=1: one seed, no interval across seeds; the interval beside it is that run's own "
+                      "bootstrap CI", highlight=False, soft_wrap=True)
+    console.print(f"wrote to {out_dir}:", highlight=False, soft_wrap=True)
+    for path in result.files:
+        console.print(f"  {path}", highlight=False, soft_wrap=True, markup=False)
 
 
 def cmd_tensorboard(argv: list[str]) -> None:
@@ -195,13 +212,12 @@ def cmd_streams(argv: list[str]) -> None:
     from lifelong.envs.make import describe_streams
 
     table = Table(title="task streams (configs/stream/)")
-    for column in ("stream", "tasks", "blocks", "schedule length"):
-        table.add_column(column)
+    for column in ("stream", "description", "tasks", "blocks", "schedule length"):
+        table.add_column(column, overflow="fold")
     for row in describe_streams():
         length = row.get("schedule_length")
-        table.add_row(
-            row["name"], ", ".join(row["tasks"]), str(row["blocks"]), f"{length} {row.get('unit', '')}".strip()
-        )
+        table.add_row(row["name"], row["description"], ", ".join(row["tasks"]), str(row["blocks"]),
+                      f"{length} {row.get('unit', '')}".strip())
     console.print(table)
 
 
@@ -218,6 +234,81 @@ def cmd_mixers(argv: list[str]) -> None:
     console.print(table)
 
 
+# ---- lifelong mqar ------------------------------------------------------------------------
+def run_mqar(cfg: DictConfig) -> float | None:
+    """The Hydra task function of ``lifelong mqar`` (module-level, like :func:`run_lifetime`, so that
+    launchers pickle it by reference): check, train, write ``results.json``; returns the test accuracy."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from lifelong.config_schema import plain_config
+    from lifelong.mqar.app import RunDirTaken, run_in_dir
+    from lifelong.mqar.train import TrainingFailed
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        config = plain_config(cfg)
+    except ValueError as error:
+        fail(str(error))
+    debug = bool(config.get("debug", False))
+    try:
+        results = run_in_dir(config, run_dir)
+    except RunDirTaken as error:
+        fail(str(error))
+    except (ConfigError, ValueError) as error:  # settings refused before any work (one line, status 2)
+        if debug and not isinstance(error, ConfigError):
+            raise
+        fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
+    except TrainingFailed as error:
+        fail(str(error), 1)
+    except Exception as error:  # noqa: BLE001  after start-up: one line unless debug=true
+        if debug:
+            raise
+        reason = str(error).splitlines()[0] if str(error) else ""
+        fail(f"the MQAR run in {run_dir} failed: {type(error).__name__}: {reason} (debug=true shows the traceback)", 1)
+    console.print(
+        f"mqar {results['mixer']}: test accuracy [bold]{results['accuracy']:.4f}[/] (loss {results['loss']:.4f}, "
+        f"{results['test']['queries']:,} queries), state {results['state_bytes_per_token']:,} B/token, "
+        f"{results['parameters']:,} parameters, {results['wall_time_s']:.1f} s", highlight=False, soft_wrap=True)
+    console.print(f"results:       {run_dir.resolve() / 'results.json'}", highlight=False, soft_wrap=True)
+    console.print(f"view it:       tensorboard --logdir {run_dir.resolve()} --host 127.0.0.1", highlight=False,
+                  soft_wrap=True)
+    return float(results["accuracy"])
+
+
+def _run_mqar_app() -> None:
+    import hydra
+
+    hydra.main(version_base="1.3", config_path=HYDRA_CONFIG_PATH, config_name="mqar/config")(run_mqar)()
+
+
+def cmd_mqar(argv: list[str]) -> None:
+    config_dir()
+    check_group_overrides(argv)
+    sys.argv = ["lifelong mqar", *argv]
+    _run_mqar_app()
+
+
+def cmd_mqar_report(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="lifelong mqar-report",
+                                     description="Figures and a table from the MQAR runs (results.json) under DIR.")
+    parser.add_argument("dir", type=Path, help="a folder holding MQAR runs (searched recursively)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write the figures and tables (default: DIR)")
+    args = parser.parse_args(argv)
+    from lifelong.mqar.report import ReportError, write_report
+
+    try:
+        report = write_report(args.dir, args.out)
+    except ReportError as error:
+        fail(str(error))
+    console.print(report["markdown"], highlight=False, soft_wrap=True)
+    console.print(f"{report['runs']} runs in {report['groups']} groups", highlight=False)
+    if report["skipped"]:
+        console.print(f"skipped (unreadable): {', '.join(report['skipped'])}", highlight=False, soft_wrap=True)
+    for figure in report["figures"]:
+        console.print(f"figure: [bold]{figure}[/]", highlight=False, soft_wrap=True)
+    console.print(f"table:  {report['table']}, {report['csv']}", highlight=False, soft_wrap=True)
+
+
 COMMANDS = {
     "run": cmd_run,
     "resume": cmd_resume,
@@ -225,6 +316,8 @@ COMMANDS = {
     "tensorboard": cmd_tensorboard,
     "streams": cmd_streams,
     "mixers": cmd_mixers,
+    "mqar": cmd_mqar,
+    "mqar-report": cmd_mqar_report,
 }
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 CONFIG_PACKAGE = "lifelong.configs"
 #: what Hydra's ``config_path`` takes to read the configs through the package
 HYDRA_CONFIG_PATH = f"pkg://{CONFIG_PACKAGE}"
-GROUPS = ("memory", "stream", "agent")
+GROUPS = ("memory", "stream", "agent", "experiment")
 
 
 class ConfigFilesMissing(RuntimeError):

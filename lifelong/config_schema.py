@@ -53,12 +53,17 @@ class TrackerConfig:
 
     probe_every: int = allowed(at_least(0))             # 0: no periodic probes
     probe_episodes: int = allowed(at_least(1))
+    curve_probe_episodes: int = allowed(at_least(1))
+    bootstrap_samples: int = allowed(at_least(100))
     adaptation_k: int = allowed(at_least(1))
+    replay_episodes: list[int] | None = allowed()
+    recovery_level: float = allowed(between(0, 1))
     log_every: int = allowed(at_least(0))               # 0: after every segment
     episode_log_every: int = allowed(at_least(0))
     revisit_window: int = allowed(at_least(1))
     dormant_window: int = allowed(at_least(1))
     dormant_threshold: float = allowed(between(0, 1, high_open=True))
+    dormant_tau: float = allowed(at_least(0))
     curve_points: int = allowed(at_least(2))            # and even: see check_cross
 
 
@@ -154,9 +159,10 @@ def check_cross(run: RunConfig) -> None:
     if run.total_steps is not None and run.total_steps < segment:
         raise ConfigError(f"total_steps={run.total_steps} is less than one segment of learning "
                           f"(num_envs x segment_length = {segment}): raise it")
-    if run.total_steps is None and stream.schedule.unit != "steps":
-        raise ConfigError(f"total_steps=null runs one pass of the schedule, but stream {stream.name!r} counts "
-                          f"{stream.schedule.unit}: set total_steps=<env steps summed over all lifetimes>")
+    if stream.schedule.unit != "steps":
+        raise ConfigError(f"stream {stream.name!r} counts its blocks in {stream.schedule.unit}, which the lifetimes reach "
+                          f"at different steps; blocks must cover the same env steps in every lifetime (docs/blocks.md): "
+                          f"give the stream `unit: steps` and `steps_per_task`")
     if run.total_steps is None and stream.schedule.length < agent.segment_length:
         raise ConfigError(f"total_steps=null runs one pass of stream {stream.name!r} ({stream.schedule.length} steps "
                           f"per lifetime), less than one segment of learning (agent.segment_length="

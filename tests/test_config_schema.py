@@ -103,6 +103,9 @@ REFUSED = {
     # tracker
     "tracker.probe_every=-1": "tracker.probe_every=-1 is out of range: tracker.probe_every must be >= 0",
     "tracker.probe_episodes=0": "tracker.probe_episodes=0 is out of range: tracker.probe_episodes must be >= 1",
+    "tracker.curve_probe_episodes=0": "tracker.curve_probe_episodes=0 is out of range: tracker.curve_probe_episodes must be >= 1",
+    "tracker.bootstrap_samples=50": "tracker.bootstrap_samples=50 is out of range: tracker.bootstrap_samples must be >= 100",
+    "tracker.dormant_tau=-0.1": "tracker.dormant_tau=-0.1 is out of range: tracker.dormant_tau must be >= 0",
     "tracker.adaptation_k=0": "tracker.adaptation_k=0 is out of range: tracker.adaptation_k must be >= 1",
     "tracker.log_every=-1": "tracker.log_every=-1 is out of range: tracker.log_every must be >= 0",
     "tracker.episode_log_every=-1": "tracker.episode_log_every=-1 is out of range: tracker.episode_log_every must be >= 0",
@@ -170,14 +173,20 @@ def test_a_key_taken_away_is_refused_naming_it(composed, override, message):
 
 def test_a_bad_stream_value_is_refused_by_the_stream_schema(composed):
     message = refusal(composed("stream=smoke", "stream.steps_per_task=0"))
-    assert message == "stream 'smoke': schedule block durations must be >= 1 steps, got 0"
+    assert message == "stream 'smoke': schedule block durations must be >= 2 steps, got 0"
+    # a block in steps holds its autoreset token and at least one step (docs/blocks.md)
+    message = refusal(composed("stream=smoke", "stream.steps_per_task=1"))
+    assert message == "stream 'smoke': schedule block durations must be >= 2 steps, got 1"
     message = refusal(composed("stream=smoke", "+stream.typo=1"))
     assert message.startswith("stream 'smoke': the stream config has unknown key(s) ['typo']")
 
 
-def test_total_steps_null_needs_a_stream_counted_in_steps(composed):
-    message = refusal(composed("stream=mg-random"))
-    assert message.startswith("total_steps=null runs one pass of the schedule, but stream 'mg-random' counts episodes")
+def test_a_run_needs_a_stream_counted_in_steps_with_or_without_total_steps(composed):
+    episodes = ("stream=smoke", "stream.unit=episodes", "+stream.episodes_per_task=3")  # no shipped stream counts episodes
+    for extra in ((), ("total_steps=5000",)):
+        message = refusal(composed(*episodes, *extra))
+        assert message.startswith("stream 'smoke' counts its blocks in episodes, which the lifetimes reach at different steps")
+        assert "docs/blocks.md" in message
 
 
 def test_total_steps_null_needs_a_pass_of_the_stream_as_long_as_one_segment(composed):

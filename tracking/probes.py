@@ -23,11 +23,18 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from lifelong.agents.policy import Memory
 from lifelong.agents.rollout import ActingAgent, Rollout, info_at
-from lifelong.memory_layers.state import clone_state, tree_leaves
+from lifelong.memory_layers.state import tree_leaves, tree_map
 
-__all__ = ["StreamProber", "probe_task"]
+__all__ = ["StreamProber", "probe_task", "episodes_per_lifetime", "repeat_state"]
 
 EnvFactory = Callable[[Any, str, int], gym.Env]
+
+
+def episodes_per_lifetime(episodes: int, lifetimes: int) -> int:
+    """Episodes each lifetime runs so that a task gets at least ``episodes`` in all (ceil division)."""
+    if episodes < 1 or lifetimes < 1:
+        raise ValueError(f"probe episodes and lifetimes must be >= 1, got {episodes} and {lifetimes}")
+    return -(-int(episodes) // int(lifetimes))
 
 
 @torch.inference_mode()
@@ -40,10 +47,12 @@ def probe_task(
     device: torch.device | str,
     deterministic: bool = False,
 ) -> dict[str, Any]:
-    """Run every lifetime of ``memory`` (batch B = ``venv.num_envs``) for ``episodes`` episodes.
+    """Run every lifetime of ``memory`` (batch B = ``venv.num_envs``) for ``episodes`` episodes each.
 
-    Returns ``{"success", "return", "steps", "episodes", "episode_returns" [k], "episode_success" [k]}``
-    where the lists hold the mean over lifetimes of the k-th episode (k = 1..episodes).
+    Returns ``{"success", "return", "steps", "episodes", "episode_returns" [E], "episode_success" [E],
+    "success_matrix" [B][E], "return_matrix" [B][E], "lifetime_steps" [B]}``: the means, the mean over lifetimes of the k-th
+    episode, and every episode's result (row b = lifetime b). A lifetime that has run its episodes
+    keeps acting (the batch steps together) but nothing more of it is counted.
     """
     rollout = Rollout(venv, agent, device)
     rollout.reset(seed)
@@ -52,7 +61,7 @@ def probe_task(
     running = np.zeros(B)
     returns = np.zeros((B, episodes))
     successes = np.zeros((B, episodes))
-    steps = 0
+    lifetime_steps = np.zeros(B, dtype=np.int64)
     while (finished < episodes).any():
         t = rollout.step(memory, deterministic=deterministic)
         memory = t.memory
@@ -60,7 +69,7 @@ def probe_task(
         reward = t.reward.cpu().numpy().astype(float)
         done = (t.terminated | t.truncated).cpu().numpy()
         active = finished < episodes
-        steps += int((valid & active).sum())
+        lifetime_steps += valid & active
         running += np.where(valid, reward, 0.0)
         for i in np.flatnonzero(done & valid & active):
             ep_return = float(info_at(t.info, "episode_return", i, running[i]))
@@ -72,56 +81,96 @@ def probe_task(
     return {
         "success": float(successes.mean()),
         "return": float(returns.mean()),
-        "steps": steps,
+        "steps": int(lifetime_steps.sum()),
+        "lifetime_steps": lifetime_steps.tolist(),
         "episodes": B * episodes,
         "episode_returns": returns.mean(0).tolist(),
         "episode_success": successes.mean(0).tolist(),
+        "success_matrix": successes.tolist(),
+        "return_matrix": returns.tolist(),
     }
+
+
+def _split_result(result: dict[str, Any], parts: int) -> list[dict[str, Any]]:
+    """The result of a batch of ``parts`` x B lifetimes (task-major) as ``parts`` results of B each."""
+    steps = np.asarray(result["lifetime_steps"]).reshape(parts, -1).sum(1)
+    success = np.asarray(result["success_matrix"]).reshape(parts, -1, len(result["episode_success"]))
+    returns = np.asarray(result["return_matrix"]).reshape(success.shape)
+    out = []
+    for p in range(parts):
+        out.append({
+            "success": float(success[p].mean()), "return": float(returns[p].mean()), "steps": int(steps[p]),
+            "lifetime_steps": np.asarray(result["lifetime_steps"]).reshape(parts, -1)[p].tolist(),
+            "episodes": int(success[p].size), "episode_returns": returns[p].mean(0).tolist(),
+            "episode_success": success[p].mean(0).tolist(), "success_matrix": success[p].tolist(),
+            "return_matrix": returns[p].tolist(),
+        })
+    return out
+
+
+def repeat_state(memory: Memory, times: int) -> Memory:
+    """``times`` copies of every lifetime's state stacked on the batch dim (copy-major: row
+    ``c * B + b`` is lifetime b's c-th copy); shares no storage with ``memory``."""
+    return tree_map(lambda x: torch.cat([x.detach()] * times, 0) if isinstance(x, torch.Tensor) else x, memory)
+
+
+class _LifetimeSeededVectorEnv(SyncVectorEnv):
+    """``tasks x lifetimes`` task envs (task-major) whose ``reset(seed=s)`` seeds task t's env of
+    lifetime b with ``s + b``, as a vector env of that task alone would (SyncVectorEnv: ``s + t*B + b``)."""
+
+    def __init__(self, env_fns: Sequence[Callable[[], gym.Env]], lifetimes: int) -> None:
+        super().__init__(env_fns, autoreset_mode=AutoresetMode.NEXT_STEP)
+        self.lifetimes = int(lifetimes)
+
+    def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
+        if isinstance(seed, (int, np.integer)):
+            seed = [int(seed) + i % self.lifetimes for i in range(self.num_envs)]
+        return super().reset(seed=seed, options=options)
 
 
 @dataclass(frozen=True)
 class StreamProber:
-    """Probes tasks of one stream: ``prober(agent, memory, tasks, seed) -> {task: probe_task dict}``.
+    """Probes tasks of one stream: ``prober(agent, memory, tasks, seed, episodes) -> {task: result}``.
 
     ``make_env(stream_cfg, task_name, seed)`` builds one task env (``envs.make.make_task_env`` for
-    the configured streams); ``episodes`` per task per lifetime (``tracker.probe_episodes``).
+    the configured streams). Every task and every lifetime runs in one batch (one vector env of
+    ``len(tasks) x B`` task envs, the memory repeated per task), so a probe costs one acting loop
+    however many tasks it covers. ``episodes`` is the number per task summed over the B lifetimes
+    (each lifetime runs ``ceil(episodes / B)``); a result is :func:`probe_task`'s dict for the task's
+    B lifetimes, its ``steps`` counting that task's real env steps.
     """
 
     stream_cfg: Any
-    episodes: int
     device: torch.device | str
     make_env: EnvFactory
     deterministic: bool = False
 
-    def __post_init__(self) -> None:
-        if self.episodes < 1:
-            raise ValueError(f"tracker.probe_episodes must be >= 1, got {self.episodes}")
-
-    def __call__(self, agent: ActingAgent, memory: Memory, tasks: Sequence[str],
-                 seed: int) -> dict[str, dict[str, Any]]:
+    def __call__(self, agent: ActingAgent, memory: Memory, tasks: Sequence[str], seed: int,
+                 episodes: int) -> dict[str, dict[str, Any]]:
         """Probe every task in ``tasks`` from a copy of ``memory`` (per-layer states ``[B, ...]``);
-        ``memory`` and the agent's parameters, training flag and the global torch RNG are left as they were."""
+        ``memory`` and the agent's parameters, training flag and the global torch RNG are left as they were.
+        Lifetime b's env of every task is seeded ``seed + b`` (the same episodes whatever the task list)."""
         leaves = tree_leaves(memory)
         if not leaves:
             raise ValueError("memory has no tensors: pass agent.initial_memory(B, device) or the lifetime's memory")
+        tasks = list(dict.fromkeys(tasks))
+        if not tasks:
+            return {}
         batch = int(leaves[0].shape[0])
+        per_lifetime = episodes_per_lifetime(episodes, batch)
         was_training = bool(getattr(agent, "training", False))
         devices = [torch.device(self.device)] if torch.device(self.device).type == "cuda" else []
-        results: dict[str, dict[str, Any]] = {}
         if hasattr(agent, "eval"):
             agent.eval()
+        fns = [partial(self.make_env, self.stream_cfg, task, seed + b) for task in tasks for b in range(batch)]
+        venv = _LifetimeSeededVectorEnv(fns, batch)
         try:
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)
-                for task in tasks:
-                    fns = [partial(self.make_env, self.stream_cfg, task, seed + b) for b in range(batch)]
-                    venv = SyncVectorEnv(fns, autoreset_mode=AutoresetMode.NEXT_STEP)
-                    try:
-                        results[task] = probe_task(agent, clone_state(memory), venv, self.episodes, seed,
-                                                   self.device, self.deterministic)
-                    finally:
-                        venv.close()
+                result = probe_task(agent, repeat_state(memory, len(tasks)), venv, per_lifetime,
+                                    seed, self.device, self.deterministic)
         finally:
+            venv.close()
             if hasattr(agent, "train"):
                 agent.train(was_training)
-        return results
+        return dict(zip(tasks, _split_result(result, len(tasks))))

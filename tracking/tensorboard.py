@@ -1,7 +1,7 @@
-"""TensorBoard output of a run: one writer on the run's own directory.
+"""TensorBoard output of a run: a writer per run directory.
 
-Everything (scalars, task-switch text, the custom-scalars layout, hparams) goes into ``run_dir``
-itself: ``SummaryWriter.add_hparams`` / ``add_scalars`` would create sub-runs, so hparams are written
+The run-level events (scalars, task-switch text, the custom-scalars layout, images, hparams) go into
+``run_dir`` itself, and each task's curves into its own writer (the tracker's task runs): ``SummaryWriter.add_hparams`` / ``add_scalars`` would create sub-runs, so hparams are written
 with ``torch.utils.tensorboard.summary.hparams()`` into this writer (STACK.md). The writer opens
 lazily; after a resume it is opened with ``purge_step`` so TensorBoard drops the events a killed run
 wrote after its last checkpoint.
@@ -33,27 +33,27 @@ def flatten_hparams(hparams: Mapping[str, Any], prefix: str = "") -> dict[str, i
     return flat
 
 
-def custom_scalars_layout(task_names: Sequence[str]) -> dict:
-    """The layout overlaying every task's curves, with the ``charts/task_switch`` spikes as markers."""
-    marker = ["charts/task_switch"]
-    per_task = lambda fmt: [fmt.format(n) for n in task_names]  # noqa: E731
+def custom_scalars_layout() -> dict:
+    """The run-level charts; per-task curves live in the task runs (``<run_dir>/tasks/<task>``) under
+    shared tags, so TensorBoard's own charts (``probe/success``, ``train/success``) colour them by task."""
     return {
-        "tasks (every task overlaid; spikes = task switches)": {
-            "success": ["Multiline", per_task("task/{}/success") + marker],
-            "return": ["Multiline", per_task("task/{}/return") + marker],
-            "episode length": ["Multiline", per_task("task/{}/length")],
-            "probe success": ["Multiline", per_task("eval/{}/success") + marker],
-            "task id": ["Multiline", ["charts/task_id"]],
+        "tasks (one line per task run: <run>/tasks/<task>)": {
+            "probe success": ["Multiline", ["probe/success"]],
+            "training success": ["Multiline", ["train/success"]],
+            "forgetting per task (Chaudhry)": ["Multiline", ["cl/forgetting"]],
         },
         "continual learning": {
-            "summary figures": ["Multiline", ["cl/acc", "cl/bwt", "cl/fwt", "cl/learning_accuracy", "cl/retention"]],
-            "forgetting per task (Chaudhry)": ["Multiline", [r"cl/forgetting/.*"]],
-            "revisit forgetting": ["Multiline", [r"forgetting/revisit/.*"]],
+            "summary figures": ["Multiline", ["cl/acc", "cl/bwt", "cl/fwt", "cl/learning_accuracy", "cl/retention",
+                                              "cl/forgetting_cw", "cl/forward_transfer_cw"]],
             "in-context adaptation (k-th episode after a switch)": ["Multiline", [r"adaptation/episode_.*"]],
             "adaptation, learning frozen (probes)": ["Multiline", [r"adaptation_frozen/episode_.*"]],
+            "return to task A, memory carried (in-context) vs reset (in-weight)": [
+                "Multiline", [r"in_context/carried/episode_.*", r"in_context/reset/episode_.*"]],
+            "block": ["Multiline", ["charts/block", "charts/task_id"]],
         },
         "plasticity": {
-            "dormant fraction": ["Multiline", [r"plasticity/dormant_frac/.*"]],
+            "dormant units (Sokar tau-dormant)": ["Multiline", [r"plasticity/dormant_tau/.*"]],
+            "units never active": ["Multiline", [r"plasticity/zero_activation_frac/.*"]],
             "feature effective rank": ["Multiline", [r"plasticity/erank/.*"]],
             "weights and gradients": ["Multiline", ["plasticity/weight_norm", "plasticity/grad_norm"]],
         },
@@ -107,6 +107,10 @@ class RunWriter:
 
     def text(self, tag: str, text: str, step: int) -> None:
         self.writer.add_text(tag, text, int(step))
+
+    def figure(self, tag: str, figure: Any, step: int) -> None:
+        """A matplotlib figure as an image (closed after writing)."""
+        self.writer.add_figure(tag, figure, int(step), close=True)
 
     def layout(self, layout: dict) -> None:
         self.writer.add_custom_scalars(layout)

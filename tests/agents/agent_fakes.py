@@ -6,7 +6,8 @@
   ``delay`` blanks, then the query; the action at the query earns 1 if it matches the cue (0 or 1).
   A memoryless policy succeeds half the time.
 * :class:`CueStream`: a two-task stream of CueEnv (``plain``, then ``flipped`` where the rewarded
-  action is the other one), with the info keys and state_dict of ``envs.stream.StreamEnv``.
+  action is the other one), with the synchronous blocks, info keys and state_dict of
+  ``envs.stream.StreamEnv`` (``unit: steps``: tokens counted, the block's last episode truncated).
 * :class:`FakeTracker` and :class:`FakeProber`: record every call of the lifetime's tracker and
   prober protocols.
 * :func:`make_collector`: a small agent acting in CueEnvs (the fake mixer or a real one).
@@ -136,7 +137,11 @@ class CueEnv(gym.Env):
 
 
 class CueStream(gym.Env):
-    """Blocks of ``block_steps`` steps: plain, flipped, plain, ... (switches at episode boundaries)."""
+    """Blocks of ``block_steps`` tokens: plain, flipped, plain, ... (the schedule repeats), counted like
+    ``envs.stream.StreamEnv`` in ``unit: steps``: every step and every reset after the first is a
+    token, the episode running at a block's last token is truncated there (``block_truncated``), an
+    episode reset at or after it belongs to the next block, and every token's info has ``block_end``
+    (the index of the block whose last token it is, else -1)."""
 
     metadata: dict = {}
 
@@ -148,8 +153,12 @@ class CueStream(gym.Env):
         self.envs = {"plain": CueEnv(delay), "flipped": CueEnv(delay, flipped=True)}
         self.observation_space = self.envs["plain"].observation_space
         self.action_space = self.envs["plain"].action_space
+        self._restart()
+
+    def _restart(self) -> None:
         self.block_index = 0
-        self.block_steps_done = 0
+        self.tokens = 0
+        self.started = False
         self.ep_return = 0.0
         self.ep_length = 0
         self.visits = {n: 0 for n in self.task_names}
@@ -158,42 +167,56 @@ class CueStream(gym.Env):
     def task_name(self) -> str:
         return self.schedule[self.block_index % len(self.schedule)][0]
 
-    def _info(self, switch: bool) -> dict:
+    def _end(self, block: int) -> int:
+        passes, i = divmod(block, len(self.schedule))
+        return passes * self.schedule_steps + sum(d for _, d in self.schedule[: i + 1])
+
+    def _ending(self) -> int:
+        return self.block_index if self.tokens == self._end(self.block_index) else -1
+
+    def _info(self, switch: bool, ended: int) -> dict:
         return {"task_id": self.task_names.index(self.task_name), "task_name": self.task_name,
-                "task_switch": switch, "visit": self.visits[self.task_name], "block_index": self.block_index}
+                "task_switch": switch, "visit": self.visits[self.task_name], "block_index": self.block_index,
+                "block_end": ended}
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        switch = False
         if seed is not None:
-            self.block_index, self.block_steps_done, switch = 0, 0, True
-            self.visits = {n: 0 for n in self.task_names}
-            self.visits[self.task_name] = 1
+            self._restart()
             for i, env in enumerate(self.envs.values()):
                 env.reset(seed=seed * 7 + i)
-        elif self.block_steps_done >= self.schedule[self.block_index % len(self.schedule)][1]:
-            self.block_index += 1
-            self.block_steps_done = 0
+        switch, ended = False, -1
+        if not self.started:
+            self.started = switch = True
+        else:  # the autoreset token
+            self.tokens += 1
+            ended = self._ending()
+            if self.tokens >= self._end(self.block_index):
+                self.block_index += 1
+                switch = True
+        if switch:
             self.visits[self.task_name] += 1
-            switch = True
         self.ep_return, self.ep_length = 0.0, 0
         obs, _ = self.envs[self.task_name].reset()
-        return obs, self._info(switch)
+        return obs, self._info(switch, ended)
 
     def step(self, action):
         obs, reward, terminated, truncated, _ = self.envs[self.task_name].step(action)
-        self.block_steps_done += 1
+        self.tokens += 1
         self.ep_return += reward
         self.ep_length += 1
-        info = self._info(False)
+        info = self._info(False, self._ending())
+        block_truncated = False
+        if self.tokens >= self._end(self.block_index) and not terminated:
+            block_truncated, truncated = not truncated, True
         if terminated or truncated:
             info.update(episode_return=self.ep_return, episode_length=self.ep_length,
-                        episode_success=float(self.ep_return > 0))
+                        episode_success=float(self.ep_return > 0), block_truncated=block_truncated)
         return obs, reward, terminated, truncated, info
 
     def state_dict(self) -> dict[str, Any]:
         return copy.deepcopy({
-            "block_index": self.block_index, "block_steps_done": self.block_steps_done,
+            "block_index": self.block_index, "tokens": self.tokens, "started": self.started,
             "ep_return": self.ep_return, "ep_length": self.ep_length, "visits": self.visits,
             "envs": {n: {"t": e.t, "cue": e.cue, "rng": e.np_random.bit_generator.state}
                      for n, e in self.envs.items()},
@@ -201,7 +224,7 @@ class CueStream(gym.Env):
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         sd = copy.deepcopy(sd)
-        self.block_index, self.block_steps_done = sd["block_index"], sd["block_steps_done"]
+        self.block_index, self.tokens, self.started = sd["block_index"], sd["tokens"], sd["started"]
         self.ep_return, self.ep_length, self.visits = sd["ep_return"], sd["ep_length"], sd["visits"]
         for n, e in self.envs.items():
             e.t, e.cue = sd["envs"][n]["t"], sd["envs"][n]["cue"]
@@ -215,17 +238,26 @@ def cue_vector_env(num_envs: int, block_steps: int = 40) -> gym.vector.SyncVecto
 
 
 class FakeTracker(LifetimeTracker):
-    """Records calls; ``should_probe`` every ``probe_every`` steps."""
+    """Records calls; ``should_probe`` every ``probe_every`` steps; ``probe_plan``: every task of
+    ``task_names``, ``plan_episodes`` per task at step 0 and at block ends, ``curve_episodes`` else."""
 
-    def __init__(self, probe_every: int) -> None:
+    def __init__(self, probe_every: int, task_names=("plain", "flipped"), plan_episodes: int = 4,
+                 curve_episodes: int = 2) -> None:
         self.probe_every = probe_every
+        self.task_names = list(task_names)
+        self.plan_episodes, self.curve_episodes = plan_episodes, curve_episodes
         self.calls: dict[str, list] = {k: [] for k in ("episode", "switch", "scalars", "memory", "plasticity",
-                                                        "probe")}
+                                                        "plan", "probe", "unfinished")}
         self.last_probe = 0
 
-    def log_episode(self, step, task_name, episode_return, episode_length, success, episodes_since_switch):
+    @property
+    def current_block(self) -> int:
+        return max((s[3] for s in self.calls["switch"]), default=0)
+
+    def log_episode(self, step, task_name, episode_return, episode_length, success, episodes_since_switch,
+                    block_index=None):
         self.calls["episode"].append((step, task_name, episode_return, episode_length, success,
-                                      episodes_since_switch))
+                                      episodes_since_switch, block_index))
 
     def log_task_switch(self, step, task_name, visit, block_index):
         self.calls["switch"].append((step, task_name, visit, block_index))
@@ -245,11 +277,20 @@ class FakeTracker(LifetimeTracker):
             return True
         return False
 
+    def probe_plan(self, block_end, step):
+        episodes = self.plan_episodes if block_end is not None or step == 0 else self.curve_episodes
+        self.calls["plan"].append((step, block_end, list(self.task_names), episodes))
+        return list(self.task_names), episodes
+
     def log_probe(self, step, results, block_end=None):
         self.calls["probe"].append((step, dict(results), block_end))
 
     def finalize(self):
         return {"probes": len(self.calls["probe"])}
+
+    def write_unfinished_summary(self, step):
+        self.calls["unfinished"].append(step)
+        return {"finished": False}
 
     def state_dict(self):
         return {"calls": copy.deepcopy(self.calls), "last_probe": self.last_probe}
@@ -259,14 +300,14 @@ class FakeTracker(LifetimeTracker):
 
 
 class FakeProber(Prober):
-    """A probe that only checks its inputs and records ``(tasks, seed)``: success 0.5 on every task."""
+    """A probe that only checks its inputs and records ``(tasks, seed, episodes)``: success 0.5 on every task."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[list[str], int]] = []
+        self.calls: list[tuple[list[str], int, int]] = []
 
-    def __call__(self, agent, memory, tasks, seed):
+    def __call__(self, agent, memory, tasks, seed, episodes):
         assert isinstance(memory, tuple) and memory[0].S.dim() == 4
-        self.calls.append((list(tasks), seed))
+        self.calls.append((list(tasks), seed, episodes))
         return {name: {"success": 0.5, "return": 0.0, "steps": 0} for name in tasks}
 
 

@@ -112,18 +112,22 @@ def test_loading_a_missing_checkpoint_names_what_to_pass(tmp_path):
 
 # ---- a real lifetime ---------------------------------------------------------------------------
 def real_config():
-    """The smoke stream (real MiniGrid envs) for a tiny agent, with a checkpoint every 2 segments."""
+    """The smoke stream (real MiniGrid envs, episodes of at most 20 steps) for a tiny agent, probed
+    every 64 steps besides the block ends, with a checkpoint every 2 segments."""
+    short = [f"+stream.tasks.{task}.env_kwargs={{max_steps:20}}" for task in ("doorkey", "doorkey-permuted")]
     return compose_config("memory=gated_deltanet", "stream=smoke", "stream.steps_per_task=40", "device=cpu",
                           "num_envs=2", "total_steps=240", "agent.d_model=16", "agent.num_layers=1",
                           "agent.segment_length=16", "agent.update_epochs=2", "tracker.probe_every=64",
-                          "tracker.probe_episodes=1", "tracker.log_every=32", "checkpoint_every=64",
-                          "checkpoint_minutes=0", "checkpoint_keep=100")
+                          "tracker.probe_episodes=2", "tracker.curve_probe_episodes=2", "tracker.bootstrap_samples=200",
+                          "tracker.replay_episodes=null", "tracker.log_every=32", "checkpoint_every=64",
+                          "checkpoint_minutes=0", "checkpoint_keep=100", *short)
 
 
 def without_timing(value):
-    """A summary without its wall-clock figures (``charts/sps`` and the like)."""
+    """A summary without its wall-clock figures (``charts/sps``, ``charts/probe_share`` and the like)."""
     if isinstance(value, dict):
-        return {k: without_timing(v) for k, v in value.items() if not any(t in str(k) for t in ("sps", "second"))}
+        return {k: without_timing(v) for k, v in value.items()
+                if not any(t in str(k) for t in ("sps", "second", "probe_share"))}
     if isinstance(value, list):
         return [without_timing(v) for v in value]
     return value
@@ -159,3 +163,6 @@ def test_a_real_lifetime_resumed_from_a_mid_way_checkpoint_ends_with_the_same_su
     resumed.load(middle)
     assert 0 < resumed.global_step < summary["env_steps"]
     assert comparable(resumed.run(progress=False)) == comparable(summary)
+    # every probe's per-episode results too (probes.json)
+    full_probes = json.loads((paths[0].parent.parent / "probes.json").read_text())
+    assert json.loads((tmp_path / "resumed" / "probes.json").read_text()) == full_probes

@@ -55,7 +55,7 @@ def test_random_schedule_is_seeded_and_shuffles_each_cycle():
         ({"order": ["A"], "cycles": 0}, "cycles must be >= 1"),
         ({"order": ["A", "B"], "durations": [1]}, "give one per entry"),
         ({"order": ["A"], "duration_range": [5, 2]}, "1 <= lo <= hi"),
-        ({"order": ["A"], "durations": [0]}, "must be >= 1"),
+        ({"order": ["A"], "durations": [0]}, "must be >= 2 steps"),
         ({"order": ["A"], "repeat": 2}, "unknown key(s) ['repeat']"),
     ],
 )

@@ -11,6 +11,8 @@ from gymnasium.utils.env_checker import check_env
 from helpers.structures import same
 from omegaconf import OmegaConf
 
+from lifelong.config_files import config_dir
+
 from lifelong.envs.make import (
     available_streams,
     describe_streams,
@@ -80,7 +82,12 @@ def test_the_required_streams_are_configured():
     assert {"smoke", "mg-cycle", "permuted-actions", "slippery", "recall"} <= set(available_streams())
 
 
-def test_mg_cycle_is_the_design_default():
+def test_the_default_stream_is_a_b_a_and_the_five_task_cycle_stays_as_the_long_stream():
+    config = OmegaConf.load(config_dir() / "config.yaml")
+    assert "stream: mg-shift" in [str(d).replace("{'stream': 'mg-shift'}", "stream: mg-shift") for d in config.defaults]
+    shift = make_stream(load_stream_config("mg-shift"), seed=0)
+    a, b = shift.task_names
+    assert [t for t, _ in shift.schedule] == [a, b, a], "learned, overwritten by a shift, revisited"
     stream = make_stream(load_stream_config("mg-cycle"), seed=0)
     assert stream.task_names == ["doorkey", "lavacrossing", "memory", "keycorridor", "simplecrossing"]
     assert [t for t, _ in stream.schedule] == stream.task_names * 3
@@ -91,45 +98,76 @@ def test_mg_cycle_is_the_design_default():
 def test_describe_streams_lists_tasks_blocks_and_schedule_length():
     rows = {row["name"]: row for row in describe_streams()}
     assert set(rows) == set(available_streams())
-    assert rows["smoke"] == {"name": "smoke", "tasks": ["doorkey", "doorkey-permuted"], "blocks": 3,
-                             "schedule_length": 1500, "unit": "steps"}
-    assert rows["mg-cycle"]["blocks"] == 15 and rows["mg-cycle"]["schedule_length"] == 22500
-    assert rows["mg-random"]["unit"] == "episodes"
+    assert rows["smoke"] == {"name": "smoke", "description": "DoorKey-5x5 with an action permutation switched A/B/A",
+                             "tasks": ["doorkey", "doorkey-permuted"], "blocks": 3, "schedule_length": 1500,
+                             "unit": "steps"}
+    assert rows["mg-cycle"]["blocks"] == 15
+    assert all(row["unit"] == "steps" for row in rows.values()), "lifelong run takes streams counted in steps"
+    assert all(row["description"] for row in rows.values()), "every stream says what it is"
 
 
 # ---- schedule semantics ----------------------------------------------------------------------
 @pytest.mark.parametrize("steps_per_task", [60, 300])
-def test_switches_land_at_the_first_episode_boundary_after_each_configured_boundary(steps_per_task):
+def test_block_k_covers_tokens_end_k_minus_1_to_end_k_and_its_last_token_truncates_the_episode(steps_per_task):
+    """A token is a step or an autoreset (every reset after the first), as a NEXT_STEP vector env sees it."""
     stream = make_stream(smoke(steps_per_task), seed=0)
     records, _ = rollout(stream, 2400)
-    steps, block, switches = 0, 0, []
-    for record in records:
-        if record[0] == "step":
-            steps += 1
+    tokens, switches, episode_blocks = 0, [], set()
+    for record in records[1:]:
+        tokens += 1
+        info = record[-1]
+        block = -(-tokens // steps_per_task) - 1  # the block holding token `tokens`
+        last_token = tokens % steps_per_task == 0
+        assert info["block_end"] == (block if last_token else -1), tokens
+        if record[0] == "reset":
+            # an episode reset at or after a block's last token belongs to the next block
+            assert info["block_index"] == (block + 1 if last_token else block), tokens
+            if info["task_switch"]:
+                switches.append((tokens, info["task_name"], info["block_index"], info["visit"]))
+            episode_blocks = {info["block_index"]}
             continue
-        info = record[1]
-        if switches:  # block b ends at (b + 1) * steps_per_task: switch on the first reset at or after it
-            due = steps >= (block + 1) * steps_per_task
-            assert info["task_switch"] == due, (steps, block)
-            block += due
-        else:
-            assert info["task_switch"], "the first reset starts block 0"
-        if info["task_switch"]:
-            switches.append((steps, info["task_name"], info["block_index"], info["visit"]))
-        assert info["block_index"] == block
+        _, _, terminated, truncated, info = record
+        assert info["block_index"] == block, "an episode never runs past its block's last token"
+        episode_blocks.add(info["block_index"])
+        assert len(episode_blocks) == 1, "no episode spans two blocks"
+        if last_token:
+            assert terminated or truncated, "the block's last token ends the running episode"
+            assert info["block_truncated"] == (not terminated)
+        elif truncated:
+            assert not info["block_truncated"], "a time-limit truncation inside a block is the task's own"
     assert len(switches) >= 6
-    assert [s[1] for s in switches[:6]] == ["doorkey", "doorkey-permuted", "doorkey"] * 2, "the schedule repeats"
-    assert [s[2] for s in switches[:6]] == list(range(6))
-    assert [s[3] for s in switches[:6]] == [1, 1, 2, 3, 2, 4], "visit counts each task's blocks"
+    # blocks 1..6 (block 0 starts at the first reset): the pass doorkey, permuted, doorkey repeats
+    assert [s[1] for s in switches[:6]] == ["doorkey-permuted", "doorkey", "doorkey"] * 2, "the schedule repeats"
+    assert [s[2] for s in switches[:6]] == list(range(1, 7))
+    assert [s[3] for s in switches[:6]] == [1, 2, 3, 2, 4, 5], "visit counts each task's blocks"
+    assert all(t in (k * steps_per_task, k * steps_per_task + 1) for k, (t, *_) in enumerate(switches, 1)), \
+        "a block starts on its first token or, after a truncation, on the autoreset token that follows"
 
 
-def test_a_block_shorter_than_an_episode_still_gets_its_episode():
-    stream = make_stream(smoke(1), seed=0)
-    records, _ = rollout(stream, 800)
+def test_every_lifetime_of_a_vector_env_ends_each_block_on_the_same_vector_step():
+    vec = make_vector_env(smoke(37), num_envs=4, seed=3)
+    vec.reset(seed=3)
+    rng = np.random.default_rng(0)
+    ends = []
+    for t in range(1, 400):
+        _, _, term, trunc, info = vec.step(rng.integers(7, size=4))
+        ended = np.asarray(info["block_end"])
+        assert len(set(ended.tolist())) == 1, f"vector step {t}: lifetimes disagree on the block end {ended}"
+        if ended[0] >= 0:
+            ends.append((t, int(ended[0])))
+            assert (term | trunc | np.asarray(info["task_switch"])).all(), "every lifetime's episode ends with the block"
+    assert ends == [(37 * (k + 1), k) for k in range(len(ends))] and len(ends) >= 10
+
+
+def test_a_two_token_block_still_gets_its_episode_and_shorter_steps_blocks_are_refused():
+    stream = make_stream(smoke(2), seed=0)
+    records, _ = rollout(stream, 200)
     resets = [r[1] for r in records if r[0] == "reset"]
     assert len(resets) > 3
     assert all(info["task_switch"] for info in resets), "every episode starts the next block, none skipped"
     assert [info["block_index"] for info in resets] == list(range(len(resets)))
+    with pytest.raises(ValueError, match=">= 2 steps"):
+        make_stream(smoke(1), seed=0)
 
 
 def test_episode_durations_count_whole_episodes():

@@ -11,8 +11,11 @@ from helpers.cli import LIFELONG, lifelong
 
 SHORT = (
     "stream=smoke", "stream.steps_per_task=150", "num_envs=2", "total_steps=600", "agent.segment_length=32",
-    "agent.d_model=16", "agent.num_layers=1", "tracker.probe_every=300", "tracker.probe_episodes=1",
+    "agent.d_model=16", "agent.num_layers=1", "tracker.probe_every=200", "tracker.probe_episodes=2",
+    "tracker.curve_probe_episodes=2", "tracker.bootstrap_samples=200", "tracker.replay_episodes=null",
     "tracker.log_every=100", "progress=false",
+    # DoorKey episodes of at most 20 steps keep the probes short
+    "+stream.tasks.doorkey.env_kwargs={max_steps:20}", "+stream.tasks.doorkey-permuted.env_kwargs={max_steps:20}",
 )
 
 pytestmark = pytest.mark.slow
@@ -35,17 +38,25 @@ def test_a_short_run_writes_the_tracker_tags_and_hparams_into_its_own_directory(
 
     run_dir = two_runs / "runs" / "gated_deltanet"
     reader = SummaryReader(str(run_dir), extra_columns={"dir_name"})
-    tags = set(reader.scalars.tag)
-    for tag in ("cl/acc", "cl/learning_accuracy", "charts/task_id", "charts/task_switch", "charts/probe_env_steps",
-                "plasticity/weight_norm", "plasticity/dormant_frac/layer0", "memory/layer0/state_norm"):
-        assert tag in tags, f"{tag} missing from {sorted(tags)}"
-    assert any(t.startswith("eval/") and t.endswith("/success") for t in tags)
-    assert any(t.startswith("task/") and t.endswith("/success") for t in tags)
+    df = reader.scalars
+    main = set(df[df.dir_name == ""].tag)
+    for tag in ("cl/acc", "cl/learning_accuracy", "charts/task_id", "charts/block", "charts/probe_env_steps",
+                "plasticity/weight_norm", "plasticity/zero_activation_frac/layer0", "plasticity/dormant_tau/layer0",
+                "memory/layer0/state_norm"):
+        assert tag in main, f"{tag} missing from {sorted(main)}"
+    assert "charts/task_switch" not in set(df.tag)
+    for task in ("doorkey", "doorkey-permuted"):  # each task's curves in its own run, under shared tags
+        tags = set(df[df.dir_name == f"tasks/{task}"].tag)
+        assert {"probe/success", "train/success"} <= tags, (task, sorted(tags))
     hp = dict(zip(reader.hparams.tag, reader.hparams.value))
-    assert hp.get("memory") == "gated_deltanet" and "stream" in hp and "seed" in hp
+    assert hp.get("memory.name") == "gated_deltanet" and hp.get("stream.name") == "smoke" and "seed" in hp
     assert (reader.hparams.dir_name == "").all()
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["R"] and summary["cl"]["acc"] is not None
+    assert summary["R"] and summary["cl"]["acc"] is not None and summary["memory"] == "gated_deltanet"
+    # blocks of 150 tokens x 2 lifetimes: rows at the ends of blocks 0 and 1 (the run stops on the latter)
+    assert summary["R_steps"] == [300, 600] and summary["R_blocks"] == [0, 1]
+    probes = json.loads((run_dir / "probes.json").read_text())
+    assert [p["block_end"] for p in probes["probes"] if p["block_end"] is not None] == [0, 1]
 
 
 def test_compare_on_two_short_runs_writes_a_png_and_a_table(two_runs):
