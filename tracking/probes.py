@@ -25,7 +25,7 @@ from lifelong.agents.policy import Memory
 from lifelong.agents.rollout import ActingAgent, Rollout, info_at
 from lifelong.memory_layers.state import tree_leaves, tree_map
 
-__all__ = ["StreamProber", "probe_task", "episodes_per_lifetime", "repeat_state"]
+__all__ = ["StreamProber", "probe_task", "episodes_per_lifetime", "repeat_state", "LifetimeSeededVectorEnv"]
 
 EnvFactory = Callable[[Any, str, int], gym.Env]
 
@@ -114,9 +114,10 @@ def repeat_state(memory: Memory, times: int) -> Memory:
     return tree_map(lambda x: torch.cat([x.detach()] * times, 0) if isinstance(x, torch.Tensor) else x, memory)
 
 
-class _LifetimeSeededVectorEnv(SyncVectorEnv):
-    """``tasks x lifetimes`` task envs (task-major) whose ``reset(seed=s)`` seeds task t's env of
-    lifetime b with ``s + b``, as a vector env of that task alone would (SyncVectorEnv: ``s + t*B + b``)."""
+class LifetimeSeededVectorEnv(SyncVectorEnv):
+    """``copies x lifetimes`` envs (copy-major; a copy is a task for the prober) whose ``reset(seed=s)``
+    seeds copy t's env of lifetime b with ``s + b``, as a vector env of B envs alone would
+    (SyncVectorEnv: ``s + t*B + b``)."""
 
     def __init__(self, env_fns: Sequence[Callable[[], gym.Env]], lifetimes: int) -> None:
         super().__init__(env_fns, autoreset_mode=AutoresetMode.NEXT_STEP)
@@ -163,7 +164,7 @@ class StreamProber:
         if hasattr(agent, "eval"):
             agent.eval()
         fns = [partial(self.make_env, self.stream_cfg, task, seed + b) for task in tasks for b in range(batch)]
-        venv = _LifetimeSeededVectorEnv(fns, batch)
+        venv = LifetimeSeededVectorEnv(fns, batch)
         try:
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)

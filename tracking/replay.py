@@ -29,13 +29,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from lifelong.agents.policy import Memory
 from lifelong.agents.rollout import Rollout, info_at
 from lifelong.memory_layers.state import tree_leaves
 from lifelong.tracking.confidence import entry_ci
-from lifelong.tracking.probes import repeat_state
+from lifelong.tracking.probes import LifetimeSeededVectorEnv, repeat_state
 
 __all__ = ["SwitchReplay", "recovery_episode"]
 
@@ -83,7 +82,7 @@ class SwitchReplay:
         batch = int(leaves[0].shape[0])
         blocks = [(a, n_a), (b, n_b), (a, n_back)]
         fns = [partial(self.make_env, self.stream_cfg, blocks, seed + i % batch) for i in range(2 * batch)]
-        venv = SyncVectorEnv(fns, autoreset_mode=AutoresetMode.NEXT_STEP)
+        venv = LifetimeSeededVectorEnv(fns, batch)  # lifetime b's two copies play the same episodes
         was_training = bool(getattr(agent, "training", False))
         devices = [torch.device(self.device)] if torch.device(self.device).type == "cuda" else []
         agent.eval()
@@ -94,7 +93,7 @@ class SwitchReplay:
         finally:
             venv.close()
             agent.train(was_training)
-        before = float(success[:batch, :n_a].mean())  # both halves are identical until the return
+        before = float(success[:batch, :n_a].mean())  # the halves differ only by their sampled actions until the return
         out: dict[str, Any] = {"tasks": [a, b], "episodes": [n_a, n_b, n_back], "before": before,
                                "recovery_level": self.recovery_level}
         rng = np.random.default_rng(seed)

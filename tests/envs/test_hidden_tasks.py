@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
+from helpers.rollouts import play
 from helpers.structures import same as same_structure
 from omegaconf import OmegaConf
 
@@ -403,16 +404,6 @@ def test_a_policy_that_remembers_past_episodes_beats_chance_on_the_stream(stream
 
 
 # ---- checkpoints -------------------------------------------------------------------------------------------
-def play(env, steps, rng):
-    out = []
-    for _ in range(steps):
-        result = env.step(int(rng.integers(env.action_space.n)))
-        out.append(result)
-        if result[2] or result[3]:
-            out.append(env.reset())
-    return out
-
-
 RANDOM_START_DARKROOM = {"name": "dr", "steps_per_task": 50, "tasks": {
     "a": {"darkroom": {"size": 7, "goal_seed": 1, "random_start": True, "max_steps": 15}},
     "b": {"darkroom": {"size": 7, "goal": [5, 1], "random_start": True, "max_steps": 15}}},

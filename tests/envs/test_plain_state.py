@@ -7,6 +7,7 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
+from helpers.rollouts import play
 from helpers.structures import same as same_structure
 
 from lifelong.envs.make import available_streams, load_stream_config, make_task_env, validate_stream_config
@@ -35,16 +36,6 @@ def every_task() -> list[tuple[str, str]]:
                 seen.add(key)
                 pairs.append((name, task))
     return pairs
-
-
-def play(env, steps: int, rng: np.random.Generator) -> list:
-    out = []
-    for _ in range(steps):
-        result = env.step(int(rng.integers(env.action_space.n)))
-        out.append(result)
-        if result[2] or result[3]:
-            out.append(env.reset())
-    return out
 
 
 def task_env(env):
