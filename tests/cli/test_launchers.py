@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers.cli import lifelong
+from helpers.cli import CHEAP_PROBES, lifelong
 
 #: a lifetime of a few seconds on one CPU thread
 TINY = (
     "memory=gated_deltanet", "stream=smoke", "stream.steps_per_task=50", "num_envs=2", "total_steps=256",
     "agent.segment_length=64", "agent.d_model=16", "agent.num_layers=1",
-    "tracker.probe_every=0", "tracker.probe_episodes=1", "progress=false",
+    "tracker.probe_every=0", "progress=false", *CHEAP_PROBES,
 )
 SEEDS = [0, 1]
 
@@ -60,7 +60,7 @@ def _check_sweep(result: subprocess.CompletedProcess, sweep_dir: Path, cwd: Path
     import pandas as pd
 
     table = pd.read_csv(sweep_dir / "compare.csv")
-    assert table["runs"].tolist() == [len(SEEDS)], table  # one group: the two seeds
+    assert table["seeds"].tolist() == [len(SEEDS)], table  # one group: the two seeds
 
 
 def test_the_task_function_pickles_by_reference():

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.cli import lifelong
+from helpers.cli import CHEAP_PROBES, lifelong
 
 from lifelong.launch import RunFailed, prepare_run_dir
 
@@ -21,10 +21,9 @@ pytestmark = pytest.mark.slow
 RUN = (
     "memory=gated_deltanet", "stream=smoke", "stream.steps_per_task=100", "num_envs=2", "total_steps=1200",
     "agent.segment_length=32", "agent.d_model=16", "agent.num_layers=1", "seed=3", "tracker.probe_every=400",
-    "tracker.probe_episodes=1", "tracker.log_every=128", "progress=false", "checkpoint_every=64",
-    "checkpoint_keep=2",
+    "tracker.log_every=128", "progress=false", "checkpoint_every=64", "checkpoint_keep=2", *CHEAP_PROBES,
 )
-TIMING = ("sps",)  # wall-clock figures: the only thing a resumed run may differ in
+TIMING = ("sps", "wall_seconds", "probe_seconds", "probe_share")  # wall-clock figures: all a resumed run may differ in
 
 
 def _env() -> dict[str, str]:

@@ -17,3 +17,12 @@ def lifelong(*args: str, cwd: Path, timeout: float = 600, full_error: bool = Fal
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1" if full_error else "0"}
     env.pop("TRITON_INTERPRET", None)
     return subprocess.run([LIFELONG, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+#: overrides that keep a test lifetime's probes cheap: 2 episodes per probe, no switch replay, fewer
+#: bootstrap resamples, DoorKey episodes of at most 20 steps (the smoke stream's tasks)
+CHEAP_PROBES = (
+    "tracker.probe_episodes=2", "tracker.curve_probe_episodes=2", "tracker.bootstrap_samples=200",
+    "tracker.replay_episodes=null",
+    "+stream.tasks.doorkey.env_kwargs={max_steps:20}", "+stream.tasks.doorkey-permuted.env_kwargs={max_steps:20}",
+)

@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from helpers.cli import CHEAP_PROBES
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -73,6 +74,6 @@ def test_installed_smoke_lifetime_runs(installed):
     run_dir = work / "run"
     # 600 env steps: 2 lifetimes x 300, learning from segments of 64 (the default 8 x 128 is one 1,024-step segment)
     _run([str(bin_dir / "lifelong"), "run", "stream=smoke", "total_steps=600", "num_envs=2", "agent.segment_length=64",
-          "progress=false", f"hydra.run.dir={run_dir}"], cwd=work)
+          "progress=false", f"hydra.run.dir={run_dir}", *CHEAP_PROBES], cwd=work)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 600, summary["steps"]

@@ -7,15 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from helpers.cli import LIFELONG, lifelong
+from helpers.cli import CHEAP_PROBES, LIFELONG, lifelong
 
 SHORT = (
     "stream=smoke", "stream.steps_per_task=150", "num_envs=2", "total_steps=600", "agent.segment_length=32",
-    "agent.d_model=16", "agent.num_layers=1", "tracker.probe_every=200", "tracker.probe_episodes=2",
-    "tracker.curve_probe_episodes=2", "tracker.bootstrap_samples=200", "tracker.replay_episodes=null",
-    "tracker.log_every=100", "progress=false",
-    # DoorKey episodes of at most 20 steps keep the probes short
-    "+stream.tasks.doorkey.env_kwargs={max_steps:20}", "+stream.tasks.doorkey-permuted.env_kwargs={max_steps:20}",
+    "agent.d_model=16", "agent.num_layers=1", "tracker.probe_every=200", "tracker.log_every=100", "progress=false",
+    *CHEAP_PROBES,
 )
 
 pytestmark = pytest.mark.slow
