@@ -5,6 +5,8 @@
                                              continue a stopped or killed run from its newest checkpoint
     lifelong compare RUN_DIR... [--out DIR]  side-by-side report of runs (table + PNG)
     lifelong tensorboard RUN_DIR [--port N]  TensorBoard on 127.0.0.1 for a run
+    lifelong mqar [HYDRA OVERRIDES...] [-m]  supervised associative recall (MQAR) with one mixer
+    lifelong mqar-report DIR [--out DIR]    figures + table from the MQAR runs under DIR
     lifelong streams                         the configured task streams
     lifelong mixers                          the configured memory mixers
     lifelong --version                       the installed version
@@ -232,6 +234,81 @@ def cmd_mixers(argv: list[str]) -> None:
     console.print(table)
 
 
+# ---- lifelong mqar ------------------------------------------------------------------------
+def run_mqar(cfg: DictConfig) -> float | None:
+    """The Hydra task function of ``lifelong mqar`` (module-level, like :func:`run_lifetime`, so that
+    launchers pickle it by reference): check, train, write ``results.json``; returns the test accuracy."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from lifelong.config_schema import plain_config
+    from lifelong.mqar.app import RunDirTaken, run_in_dir
+    from lifelong.mqar.train import TrainingFailed
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        config = plain_config(cfg)
+    except ValueError as error:
+        fail(str(error))
+    debug = bool(config.get("debug", False))
+    try:
+        results = run_in_dir(config, run_dir)
+    except RunDirTaken as error:
+        fail(str(error))
+    except (ConfigError, ValueError) as error:  # settings refused before any work (one line, status 2)
+        if debug and not isinstance(error, ConfigError):
+            raise
+        fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
+    except TrainingFailed as error:
+        fail(str(error), 1)
+    except Exception as error:  # noqa: BLE001  after start-up: one line unless debug=true
+        if debug:
+            raise
+        reason = str(error).splitlines()[0] if str(error) else ""
+        fail(f"the MQAR run in {run_dir} failed: {type(error).__name__}: {reason} (debug=true shows the traceback)", 1)
+    console.print(
+        f"mqar {results['mixer']}: test accuracy [bold]{results['accuracy']:.4f}[/] (loss {results['loss']:.4f}, "
+        f"{results['test']['queries']:,} queries), state {results['state_bytes_per_token']:,} B/token, "
+        f"{results['parameters']:,} parameters, {results['wall_time_s']:.1f} s", highlight=False, soft_wrap=True)
+    console.print(f"results:       {run_dir.resolve() / 'results.json'}", highlight=False, soft_wrap=True)
+    console.print(f"view it:       tensorboard --logdir {run_dir.resolve()} --host 127.0.0.1", highlight=False,
+                  soft_wrap=True)
+    return float(results["accuracy"])
+
+
+def _run_mqar_app() -> None:
+    import hydra
+
+    hydra.main(version_base="1.3", config_path=HYDRA_CONFIG_PATH, config_name="mqar/config")(run_mqar)()
+
+
+def cmd_mqar(argv: list[str]) -> None:
+    config_dir()
+    check_group_overrides(argv)
+    sys.argv = ["lifelong mqar", *argv]
+    _run_mqar_app()
+
+
+def cmd_mqar_report(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="lifelong mqar-report",
+                                     description="Figures and a table from the MQAR runs (results.json) under DIR.")
+    parser.add_argument("dir", type=Path, help="a folder holding MQAR runs (searched recursively)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write the figures and tables (default: DIR)")
+    args = parser.parse_args(argv)
+    from lifelong.mqar.report import ReportError, write_report
+
+    try:
+        report = write_report(args.dir, args.out)
+    except ReportError as error:
+        fail(str(error))
+    console.print(report["markdown"], highlight=False, soft_wrap=True)
+    console.print(f"{report['runs']} runs in {report['groups']} groups", highlight=False)
+    if report["skipped"]:
+        console.print(f"skipped (unreadable): {', '.join(report['skipped'])}", highlight=False, soft_wrap=True)
+    for figure in report["figures"]:
+        console.print(f"figure: [bold]{figure}[/]", highlight=False, soft_wrap=True)
+    console.print(f"table:  {report['table']}, {report['csv']}", highlight=False, soft_wrap=True)
+
+
 COMMANDS = {
     "run": cmd_run,
     "resume": cmd_resume,
@@ -239,6 +316,8 @@ COMMANDS = {
     "tensorboard": cmd_tensorboard,
     "streams": cmd_streams,
     "mixers": cmd_mixers,
+    "mqar": cmd_mqar,
+    "mqar-report": cmd_mqar_report,
 }
 
 

@@ -1,0 +1,71 @@
+"""The benchmark scripts' logic at no training cost: the grid's plan (every mixer configures, LoLA's
+three rules at one cache size, Mamba2 at Palimpsa's state size) and the recall probe's reading of a run."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from lifelong.mqar.app import compose
+from lifelong.mqar.model import state_bytes
+from lifelong.mqar.settings import parse_settings
+from lifelong.mqar.train import build_model
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def grid():
+    return load("mqar_grid")
+
+
+def test_every_grid_mixer_makes_a_valid_config_with_its_label(grid):
+    args = grid.parse_args([])
+    labels = set()
+    for mixer in args.mixers:
+        memory, overrides = grid.run_overrides(args, mixer, 64, 0, 0.01)
+        settings = parse_settings(compose(memory, overrides))
+        assert settings.mixer_label == mixer
+        assert settings.task.pairs == [4, 8, 16] and settings.task.seq_len == 64
+        labels.add(settings.mixer_label)
+        if memory == "lola":
+            assert (settings.memory.kwargs["window"], settings.memory.kwargs["cache_size"]) == (8, 8)
+    assert {"lola-sre", "lola-random", "lola-recency", "mamba2-state2x", "palimpsa"} <= labels
+
+
+@pytest.mark.parametrize("d_model", [64, 128])
+def test_mamba2_state2x_has_exactly_palimpsas_state_bytes(grid, d_model):
+    args = grid.parse_args([])
+    size = {}
+    for mixer in ("mamba2", "mamba2-state2x", "palimpsa"):
+        memory, overrides = grid.run_overrides(args, mixer, d_model, 0, 0.01)
+        model = build_model(parse_settings(compose(memory, overrides)))
+        size[mixer] = sum(state_bytes(model, args.seq_len))
+    assert size["mamba2-state2x"] == size["palimpsa"] == 2 * size["mamba2"]
+
+
+def test_the_recall_probe_reads_pairs_and_gap_from_the_run(tmp_path):
+    recall = load("recall_capacity")
+    run = tmp_path / "gated_deltanet_seed0"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(
+        "stream:\n  recall_vocab: {num_keys: 32, num_values: 16}\n  tasks:\n"
+        "    p2-g0: {recall: {num_pairs: 2, gap: 0}}\n    p8-g8: {recall: {num_pairs: 8, gap: 8}}\n")
+    (run / "summary.json").write_text(json.dumps({"finished": True, "tasks": {
+        "p2-g0": {"final_success": 1.0, "train_success": 0.9, "episodes": 10},
+        "p8-g8": {"final_success": 0.25, "train_success": 0.2, "episodes": 5}}}))
+    rows = {r["task"]: r for r in recall.collect(tmp_path)}
+    assert rows["p8-g8"]["pairs_recalled"] == 2.0 and rows["p8-g8"]["gap"] == 8
+    assert rows["p2-g0"]["pairs_recalled"] == 2.0 and rows["p2-g0"]["chance"] == 1 / 16
+    assert rows["p2-g0"]["mixer"] == "gated_deltanet" and rows["p2-g0"]["seed"] == 0
+    md = recall.table(list(rows.values()))
+    assert "| gated_deltanet | 1 | 2.00 / 2 (train 0.90) | 2.00 / 8 (train 0.20) |" in md
