@@ -264,6 +264,7 @@ def write_report(root: Path, out_dir: Path | None = None) -> dict[str, Any]:
     atomic_write_text(out_dir / "mqar_table.csv", agg.to_csv(index=False))
     figures = [plot_accuracy_vs_pairs(agg, out_dir / "mqar_accuracy_vs_pairs.png"),
                plot_accuracy_vs_state(agg, out_dir / "mqar_accuracy_vs_state.png")]
-    return {"runs": int(runs["path"].nunique()), "groups": len(agg), "table": out_dir / "mqar_table.md",
+    groups = len(agg[["series", "d_model"]].drop_duplicates())  # a mixer at one size; its rows are its pair counts
+    return {"runs": int(runs["path"].nunique()), "groups": groups, "table": out_dir / "mqar_table.md",
             "csv": out_dir / "mqar_table.csv", "figures": figures, "skipped": runs.attrs.get("skipped", []),
             "aggregate": agg, "markdown": md}

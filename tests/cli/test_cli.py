@@ -32,6 +32,25 @@ def test_run_finishes_and_says_where_to_look(smoke_run):
     assert str(run_dir.resolve()) in result.stdout
     assert f"tensorboard --logdir {run_dir.resolve()} --host 127.0.0.1" in result.stdout
     assert "per-task results" in result.stdout
+    assert "probe success at each block end" in result.stdout  # R, a row per block end
+    assert "wall time" in result.stdout and "probes" in result.stdout
+
+
+def test_the_block_end_table_reads_learning_forgetting_and_relearning_down_a_column():
+    from rich.console import Console
+
+    from lifelong.summary import print_block_probes
+
+    summary = {"task_names": ["a", "b"], "R": [[1.0, 0.0], [0.5, 1.0], [1.0, float("nan")]],
+               "R_ci": [[[1.0, 1.0], [0.0, 0.0]], [[0.25, 0.75], [1.0, 1.0]], [[1.0, 1.0], None]],
+               "R_steps": [100, 200, 250], "R_block_tasks": [0, 1, 0], "R_episodes": [[64, 64]] * 3}
+    console = Console(width=200, record=True)
+    print_block_probes(summary, console)
+    lines = console.export_text().splitlines()
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in lines if line.startswith("│ ")]
+    assert rows[1] == ["1 (b)", "200", "0.50 [0.25, 0.75]", "1.00 [1.00, 1.00]"]  # a forgotten, b learned
+    assert rows[2] == ["2 (a)", "250", "1.00 [1.00, 1.00]", "-"]  # the partial final row; NaN shown as -
+    assert "64 episodes an entry" in lines[0]
 
 
 def test_run_writes_a_summary_with_finite_figures(smoke_run):
