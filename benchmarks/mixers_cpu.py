@@ -2,6 +2,8 @@
 
     python benchmarks/mixers_cpu.py                 # B=4, H=4, D=64, T=256,1024,4096; fwd+bwd
     python benchmarks/mixers_cpu.py --T 256 1024 --naive-max-T 1024 --threads 2
+    python benchmarks/mixers_cpu.py --steps-only --H 4 --D 32 --mixers gated_deltanet lola --step-rounds 9 --step-threads 1
+                                                    # acting: LoLA's step against Gated DeltaNet's, one run
 
 Prints one table per run (family, T, chunked ms, naive ms, speed-up) and the per-token ``step``
 latency of each mixer layer for a batch of 8 lifetimes (d_model = H * D).
@@ -99,25 +101,33 @@ def time_fwd_bwd(op: Callable, tensors: Inputs, consts: dict, repeats: int) -> f
     return statistics.median(times[1:])
 
 
-def time_layer_steps(batch: int, d_model: int, num_heads: int, repeats: int = 200) -> dict[str, float]:
-    """Microseconds per ``step`` of each configured mixer layer (inference mode)."""
+def time_layer_steps(batch: int, d_model: int, num_heads: int, repeats: int = 200, names: list[str] | None = None,
+                     rounds: int = 1) -> dict[str, float]:
+    """Microseconds per ``step`` of each configured mixer layer (inference mode, as when acting), the
+    median over ``rounds`` rounds that visit the mixers in turn (drift hits all alike)."""
     from lifelong.memory_layers.registry import available_mixers, build_mixer, load_memory_config
 
-    result = {}
-    for name in available_mixers():
+    layers = {}
+    for name in names or available_mixers():
         cfg = load_memory_config(name)
         cfg.num_heads = num_heads
         mixer = build_mixer(cfg, d_model).eval()
         state = mixer.init_state(batch, "cpu")
         x = torch.randn(batch, d_model)
         with torch.inference_mode():
-            for _ in range(20):
+            for _ in range(64):  # past LoLA's window and cache: evictions every step
                 _, state = mixer.step(x, state)
-            start = time.perf_counter()
-            for _ in range(repeats):
-                _, state = mixer.step(x, state)
-        result[name] = (time.perf_counter() - start) / repeats * 1e6
-    return result
+        layers[name] = (mixer, state, x)
+    times: dict[str, list[float]] = {name: [] for name in layers}
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for name, (mixer, state, x) in layers.items():
+                start = time.perf_counter()
+                for _ in range(repeats):
+                    _, state = mixer.step(x, state)
+                times[name].append((time.perf_counter() - start) / repeats * 1e6)
+                layers[name] = (mixer, state, x)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -130,11 +140,32 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", nargs="*", default=None, help="family names to run")
+    parser.add_argument("--steps-only", action="store_true", help="only the layer step latencies (acting)")
+    parser.add_argument("--mixers", nargs="*", default=None, help="mixers for the step table (default: all)")
+    parser.add_argument("--step-rounds", type=int, default=1, help="interleaved rounds of the step table (median)")
+    parser.add_argument("--step-threads", type=int, default=None, help="torch threads of the step table (default: --threads)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     console = Console()
 
+    if not args.steps_only:
+        run_sequence_table(args, console)
+    if args.step_threads:
+        torch.set_num_threads(args.step_threads)
+    steps = Table(title=f"layer step latency, batch 8, d_model={args.H * args.D}, {args.H} heads, "
+                        f"{torch.get_num_threads()} threads (us; median of {args.step_rounds} rounds)")
+    steps.add_column("memory")
+    steps.add_column("us / step", justify="right")
+    steps.add_column("/ gated_deltanet", justify="right")
+    micros = time_layer_steps(8, args.H * args.D, args.H, names=args.mixers, rounds=args.step_rounds)
+    for name, t in micros.items():
+        ratio = f"{t / micros['gated_deltanet']:.2f}" if "gated_deltanet" in micros else "-"
+        steps.add_row(name, f"{t:.0f}", ratio)
+    console.print(steps)
+
+
+def run_sequence_table(args: argparse.Namespace, console: Console) -> None:
     table = Table(title=f"fwd+bwd on CPU, B={args.B} H={args.H} D={args.D}, {args.threads} threads (ms)")
     for column in ("family", "T", "chunked", "naive", "speed-up"):
         table.add_column(column, justify="right")
@@ -152,13 +183,6 @@ def main() -> None:
                 table.add_row(name, str(T), f"{t_chunk:.1f}", "-", "-")
             console.print(f"  {name} T={T} done", style="dim")
     console.print(table)
-
-    steps = Table(title=f"layer step latency, batch 8, d_model={args.H * args.D}, {args.H} heads (us)")
-    steps.add_column("memory")
-    steps.add_column("us / step", justify="right")
-    for name, micros in time_layer_steps(8, args.H * args.D, args.H).items():
-        steps.add_row(name, f"{micros:.0f}")
-    console.print(steps)
 
 
 if __name__ == "__main__":
