@@ -75,7 +75,7 @@ def test_mqar_report_writes_figures_and_a_table_with_intervals_over_seeds(tmp_pa
     assert "| mamba2 | 64 | 0.800 ± 0.050 (n=3) | 0.500 ± 0.050 (n=3) | 8192 | 0.01 |" in table
     assert "| softmax | 128 | 1.000 (n=3)" in table or "| softmax | 128 | 1.000 ± 0.000 (n=3)" in table
     assert table.index("| softmax") < table.index("| mamba2") < table.index("| lola-sre")
-    assert "18 runs in 12 groups" in out and "broken" in out
+    assert "18 runs in 6 groups" in out and "broken" in out
 
 
 def test_mqar_report_on_a_folder_without_results_is_a_one_line_error(tmp_path, capsys):
