@@ -62,10 +62,10 @@ def print_block_probes(summary: dict[str, Any], console: Console) -> None:
     steps = summary.get("R_steps") or [None] * len(rows)
     trained = summary.get("R_block_tasks") or [None] * len(rows)
     table = Table(title=f"probe success at each block end (R, 95% CI; {_probe_count(summary)})")
-    table.add_column("after block", no_wrap=True)
-    table.add_column("env step", justify="right")
-    for name in names:
-        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("after block", overflow="fold")
+    table.add_column("env step", justify="right", no_wrap=True, min_width=7)
+    for name in names:  # a narrow terminal folds an entry onto two lines instead of cutting it
+        table.add_column(name, justify="right", overflow="fold")
     for k, row in enumerate(rows):
         task = trained[k] if k < len(trained) else None
         label = f"{k} ({names[task] if isinstance(task, int) and 0 <= task < len(names) else task or '?'})"
