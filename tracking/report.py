@@ -362,7 +362,7 @@ def plot_in_context(groups: Sequence[Group], png: str | Path) -> Path | None:
     """The switch replay (tracking/replay.py): A's success in the k-th episode after returning from B,
     memory kept (solid) vs reset at the switch (dashed), per group: mean over seeds with a 95% band
     (one seed: the run's bootstrap band). None when no run has a replay."""
-    plt = _pyplot()
+    plt = pyplot()
     colors = _group_colors(groups)
     fig, ax = plt.subplots(figsize=(7.5, 4), dpi=110)
     drawn = False
@@ -484,7 +484,8 @@ def _task_markdown(tasks: pd.DataFrame) -> str:
 
 
 # ---- figures --------------------------------------------------------------------------------
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, imported on first use (a report without figures never loads it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -541,13 +542,13 @@ def _blocks(run: Mapping[str, Any]) -> list[tuple[float, float, str]]:
 
 
 def _task_colors(task_names: Sequence[str]) -> dict[str, Any]:
-    plt = _pyplot()
+    plt = pyplot()
     cmap = plt.get_cmap("Pastel2" if len(task_names) <= 8 else "Set3")
     return {t: cmap(i % cmap.N) for i, t in enumerate(task_names)}
 
 
 def _group_colors(groups: Sequence[Group]) -> dict[str, Any]:
-    plt = _pyplot()
+    plt = pyplot()
     cmap = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
     return {g.label: cmap(i % cmap.N) for i, g in enumerate(groups)}
 
@@ -556,7 +557,7 @@ def plot_probe_curves(groups: Sequence[Group], png: str | Path, title: str = "")
     """One panel per task: probe success over the lifetime, one line per group (mean over seeds, 95%
     band across seeds; one seed: the run's own bootstrap band, dashed), task blocks shaded. When the
     groups' block schedules differ, each group's schedule is a strip under the curves instead."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -669,7 +670,7 @@ def _mean_R(group: Group) -> tuple[np.ndarray, list[str], list[str]]:
 def plot_R(groups: Sequence[Group], png: str | Path) -> Path:
     """One heatmap per group: the mean over seeds of R (rows: blocks ``k: task``, columns: tasks),
     each entry annotated, entries never measured left blank."""
-    plt = _pyplot()
+    plt = pyplot()
     panels = [_mean_R(g) for g in groups]
     ncols = min(3, len(groups))
     nrows = math.ceil(len(groups) / ncols)

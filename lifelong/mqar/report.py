@@ -24,6 +24,7 @@ import pandas as pd
 
 from lifelong.fileio import atomic_write, atomic_write_text
 from lifelong.tracking.confidence import mean_ci_over_seeds
+from lifelong.tracking.report import pyplot
 
 RESULTS = "results.json"
 GROUP_KEYS = ("mixer", "d_model", "num_layers", "seq_len", "num_pairs", "vocab_size", "train_pairs")
@@ -141,17 +142,8 @@ def markdown_table(agg: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n" + note
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _colors(mixers: Sequence[str]) -> dict[str, Any]:
-    plt = _pyplot()
+    plt = pyplot()
     cmap = plt.get_cmap("tab10")
     return {m: cmap(i % 10) for i, m in enumerate(mixers)}
 
@@ -182,12 +174,12 @@ def _band(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 def _save(fig, path: Path) -> Path:
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
 def plot_accuracy_vs_pairs(agg: pd.DataFrame, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     dims = sorted(agg["d_model"].unique())
     mixers = _series_order(agg)
     colors = _colors(mixers)
@@ -217,7 +209,7 @@ def plot_accuracy_vs_pairs(agg: pd.DataFrame, path: Path) -> Path:
 
 
 def plot_accuracy_vs_state(agg: pd.DataFrame, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     tasks = sorted({(int(r.num_pairs), int(r.seq_len)) for r in agg.itertuples()})
     mixers = _series_order(agg)
     colors = _colors(mixers)
