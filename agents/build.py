@@ -22,18 +22,12 @@ from lifelong.agents.loop import Lifetime, LifetimeSettings
 from lifelong.agents.policy import LifelongAgent
 from lifelong.agents.ppo import PPOConfig, PPOLearner
 from lifelong.agents.rollout import RolloutCollector, sub_env_attr
+from lifelong.config_schema import resolve_device
 from lifelong.envs.make import make_replay_env, make_task_env, make_vector_env
 from lifelong.tracking.blocks import BlockLedger
 from lifelong.tracking.probes import StreamProber
 from lifelong.tracking.replay import SwitchReplay
 from lifelong.tracking.tracker import Tracker
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto``: a GPU when there is one, the CPU otherwise; any other value is a torch device."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def seed_everything(seed: int) -> None:

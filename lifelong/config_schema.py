@@ -145,6 +145,15 @@ def check_device(device: str) -> None:
                           f"N in [0, {count - 1}]")
 
 
+def resolve_device(device: str) -> "torch.device":
+    """``auto``: a GPU when there is one, the CPU otherwise; any other value is a torch device."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 def check_cross(run: RunConfig) -> None:
     """The checks that involve more than one key."""
     agent, tracker, stream = run.agent, run.tracker, run.stream

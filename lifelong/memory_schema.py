@@ -41,6 +41,11 @@ class MemoryConfig:
     kwargs: dict[str, Any]
 
     @property
+    def constructor_config(self) -> dict[str, Any]:
+        """``{_target_, **kwargs}``: what ``build_mixer`` instantiates."""
+        return {"_target_": self.target, **self.kwargs}
+
+    @property
     def num_heads(self) -> int | None:
         """The mixer's head count (None for a mixer without heads)."""
         return self.kwargs.get("num_heads")
@@ -107,8 +112,9 @@ def parameter_types(cls: type) -> dict[str, Any]:
         return {}
 
 
-def check_mixer_builds(memory: MemoryConfig, d_model: int) -> None:
-    """Build one layer of the mixer at width ``d_model`` so its own checks run now (global RNGs untouched)."""
+def check_mixer_builds(memory: MemoryConfig, d_model: int, width_key: str = "agent.d_model") -> None:
+    """Build one layer of the mixer at width ``d_model`` (the config key ``width_key``) so its own
+    checks run now (global RNGs untouched)."""
     import torch
     from hydra.errors import InstantiationException
 
@@ -118,12 +124,11 @@ def check_mixer_builds(memory: MemoryConfig, d_model: int) -> None:
     if isinstance(heads, int) and heads >= 1 and d_model % heads:
         below, above = heads * (d_model // heads), heads * (d_model // heads + 1)
         multiples = f"{below} or {above}" if below else str(above)
-        raise ConfigError(f"agent.d_model={d_model} is not divisible by num_heads={heads} (memory={memory.name}): "
-                          f"set agent.d_model to a multiple of {heads} (e.g. {multiples}) or change memory.num_heads")
-    config = {"_target_": memory.target, **memory.kwargs}
+        raise ConfigError(f"{width_key}={d_model} is not divisible by num_heads={heads} (memory={memory.name}): "
+                          f"set {width_key} to a multiple of {heads} (e.g. {multiples}) or change memory.num_heads")
     with torch.random.fork_rng(devices=[]):
         try:
-            build_mixer(config, d_model)
+            build_mixer(memory.constructor_config, d_model)
         except (ValueError, TypeError, InstantiationException) as error:
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise ConfigError(f"memory={memory.name}: {reason}") from None

@@ -96,28 +96,21 @@ def check_cross(s: MQARSettings) -> None:
             spec.check(prefix="task.")
     except MQARSettingError as error:
         raise ConfigError(str(error)) from None
-    heads, d = s.memory.num_heads, s.model.d_model
-    if isinstance(heads, int) and heads >= 1 and d % heads:
-        raise ConfigError(f"model.d_model={d} is not divisible by num_heads={heads} (memory={s.memory.name}): "
-                          f"set model.d_model to a multiple of {heads} or change memory.num_heads")
+    d = s.model.d_model
     if round(d * s.model.mlp_ratio) < 1:
         raise ConfigError(f"model.mlp_ratio={show(s.model.mlp_ratio)} x model.d_model={d} rounds to an MLP of "
                           "0 units: raise model.mlp_ratio")
 
 
-def plain(cfg: DictConfig) -> dict[str, Any]:
-    from lifelong.config_schema import plain_config
-
-    return plain_config(cfg)
-
-
 def parse_settings(cfg: DictConfig | dict) -> MQARSettings:
-    """The composed config as :class:`MQARSettings` (:class:`ConfigError`, one line, if a value is refused)."""
-    from lifelong.config_schema import check_device
+    """The composed config as :class:`MQARSettings` (:class:`ConfigError`, one line, if a value is refused).
+    ``model.d_model`` against ``memory.num_heads`` is checked where ``lifelong run``'s width is
+    (``check_mixer_builds``)."""
+    from lifelong.config_schema import check_device, plain_config
 
-    raw = plain(cfg) if isinstance(cfg, DictConfig) else cfg
+    raw = plain_config(cfg) if isinstance(cfg, DictConfig) else cfg
     settings = parse_section(MQARSettings, raw)
     check_device(settings.device)
     check_cross(settings)
-    check_mixer_builds(settings.memory, settings.model.d_model)
+    check_mixer_builds(settings.memory, settings.model.d_model, width_key="model.d_model")
     return settings

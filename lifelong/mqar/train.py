@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lifelong.config_schema import resolve_device
 from lifelong.fileio import atomic_write_text
 from lifelong.mqar.data import IGNORE, MQARData, make_mixed_splits
 from lifelong.mqar.model import MQARModel, count_parameters, state_bytes
@@ -34,20 +35,10 @@ class TrainingFailed(RuntimeError):
     """Training cannot go on (a non-finite loss); the message is one line naming the fix."""
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def memory_constructor_config(settings: MQARSettings) -> dict[str, Any]:
-    return {"_target_": settings.memory.target, **settings.memory.kwargs}
-
-
 def build_model(settings: MQARSettings) -> MQARModel:
     m = settings.model
     return MQARModel(settings.task.vocab_size, m.d_model, m.num_layers, m.mlp_ratio,
-                     memory_constructor_config(settings), short_conv=m.short_conv)
+                     settings.memory.constructor_config, short_conv=m.short_conv)
 
 
 def lr_factor(step: int, steps: int, warmup_frac: float) -> float:
