@@ -12,12 +12,16 @@ Tensors are batch-first, ``[B, T]`` (the layout the chunked backbone learns from
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from lifelong.memory_layers.state import tree_map
 
 Memory = tuple
+#: the per-token fields of a segment, each ``[B, T]``
+_FIELDS = ("prev_action", "prev_reward", "boundary", "reset", "action", "log_prob", "value", "reward", "done",
+           "terminated", "valid")
 
 
 @dataclass
@@ -40,6 +44,10 @@ class RolloutBuffer:
     step: int = 0
 
     def __post_init__(self) -> None:
+        with torch.inference_mode(False):  # normal tensors even when made while acting
+            self._allocate()
+
+    def _allocate(self) -> None:
         shape = (self.num_envs, self.length)
         f = dict(device=self.device)
         self.prev_action = torch.zeros(shape, dtype=torch.long, **f)
@@ -59,6 +67,20 @@ class RolloutBuffer:
         self.memory_start = tree_map(lambda t: t.detach().clone(), memory)
         self.next_value = None
         self.step = 0
+        self._host = None  # the numpy views of the fields, made at the segment's first write
+
+    def _host_views(self) -> dict[str, Any] | None:
+        """Numpy views of a CPU buffer's fields (None on other devices): a column written through
+        numpy costs a microsecond, through torch indexing two ops."""
+        host = getattr(self, "_host", None)
+        if host is None:
+            if torch.device(self.device).type != "cpu":
+                host = False
+            else:
+                host = {name: getattr(self, name).numpy() for name in _FIELDS}
+                host.update({f"obs/{k}": v.numpy() for k, v in self.obs.items()})
+            self._host = host
+        return host or None
 
     @torch.no_grad()
     def add_input(
@@ -76,8 +98,19 @@ class RolloutBuffer:
             raise IndexError(f"segment is full ({self.length} tokens); call start() for the next one")
         for key, value in obs.items():
             if key not in self.obs:
-                self.obs[key] = torch.zeros((self.num_envs, self.length, *value.shape[1:]), dtype=value.dtype,
-                                            device=self.device)
+                with torch.inference_mode(False):  # a normal tensor (the learner differentiates through it)
+                    self.obs[key] = torch.zeros((self.num_envs, self.length, *value.shape[1:]), dtype=value.dtype,
+                                                device=self.device)
+                self._host = None
+        host = self._host_views()
+        if host is not None and all(x.device.type == "cpu" for x in (prev_action, *obs.values())):
+            for key, value in obs.items():
+                host[f"obs/{key}"][:, t] = value.numpy()
+            for name, value in (("prev_action", prev_action), ("prev_reward", prev_reward), ("boundary", boundary),
+                                ("reset", reset), ("valid", valid)):
+                host[name][:, t] = value.numpy()
+            return
+        for key, value in obs.items():
             self.obs[key][:, t] = value
         self.prev_action[:, t] = prev_action
         self.prev_reward[:, t] = prev_reward
@@ -97,6 +130,14 @@ class RolloutBuffer:
     ) -> None:
         """Record the agent's output and the env's answer for token ``self.step``, then advance."""
         t = self.step
+        host = self._host_views()
+        if host is not None and action.device.type == "cpu":
+            for name, value in (("action", action), ("log_prob", log_prob), ("value", value), ("reward", reward),
+                                ("terminated", terminated)):
+                host[name][:, t] = value.numpy()
+            host["done"][:, t] = terminated.numpy() | truncated.numpy()
+            self.step += 1
+            return
         self.action[:, t] = action
         self.log_prob[:, t] = log_prob
         self.value[:, t] = value
@@ -104,6 +145,18 @@ class RolloutBuffer:
         self.terminated[:, t] = terminated
         self.done[:, t] = terminated | truncated
         self.step += 1
+
+    def clone(self) -> "RolloutBuffer":
+        """A copy that shares no storage with this buffer (a segment handed to a learner thread)."""
+        copy = RolloutBuffer(self.num_envs, self.length, self.device)
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor):
+                setattr(copy, name, value.clone())
+        copy.next_value = None if self.next_value is None else self.next_value.clone()
+        copy.obs = {k: v.clone() for k, v in self.obs.items()}
+        copy.memory_start = None if self.memory_start is None else tree_map(torch.clone, self.memory_start)
+        copy.step = self.step
+        return copy
 
     @property
     def full(self) -> bool:

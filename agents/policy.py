@@ -12,10 +12,12 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from gymnasium import spaces
 
 from lifelong.agents.encoders import ObservationEncoder, build_encoder
 from lifelong.memory_layers.backbone import Backbone
+from lifelong.memory_layers.modules import ParamCache, eager_acting, packed_linears
 from lifelong.memory_layers.registry import build_backbone
 from lifelong.memory_layers.state import tree_leaves, tree_map
 
@@ -33,6 +35,19 @@ class EvalOutput(NamedTuple):
     log_probs: torch.Tensor  # [B, T, A] log-softmax of the policy logits
     value: torch.Tensor  # [B, T]
     memory: Memory  # state after the last token
+
+
+def _all_inference(memory: Memory) -> bool:
+    """Whether every tensor of a memory (a tuple of per-layer NamedTuples of tensors) is an inference
+    tensor; the plain loop costs a fraction of a pytree walk, which matters once per acted token."""
+    for layer in memory:
+        for t in (layer if isinstance(layer, tuple) else (layer,)):
+            if isinstance(t, torch.Tensor):
+                if not t.is_inference():
+                    return False
+            elif isinstance(t, (tuple, list, dict)):
+                return all(x.is_inference() for x in tree_leaves(memory))
+    return True
 
 
 def gumbel_max_sample(log_probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -70,6 +85,8 @@ class LifelongAgent(nn.Module):
         nn.init.zeros_(self.policy_head.bias)
         nn.init.orthogonal_(self.value_head.weight, gain=1.0)
         nn.init.zeros_(self.value_head.bias)
+        # the eager acting step's derived weights: [reward_in; boundary_in], [policy_head; value_head]
+        self._inputs_cache, self._heads_cache = ParamCache(), ParamCache()
 
     # ---- memory -------------------------------------------------------------------------------
     def initial_memory(self, batch_size: int, device: torch.device | str) -> Memory:
@@ -92,13 +109,23 @@ class LifelongAgent(nn.Module):
         boundary: torch.Tensor,
     ) -> torch.Tensor:
         """Inputs with leading dims ``[*]`` (``[B]`` or ``[B, T]``) -> tokens ``[*, D]``."""
+        if eager_acting() and prev_action.dim() == 1:  # one token: reward and boundary in one matmul
+            x = self.encoder(obs) + F.embedding(prev_action, self.prev_action.weight)
+            w = self._inputs_cache.get([self.reward_in, self.boundary_in],
+                                       lambda: torch.stack([self.reward_in, self.boundary_in]))
+            return torch.addmm(x, torch.stack([prev_reward.to(x.dtype), boundary.to(x.dtype)], dim=1), w)
         x = self.encoder(obs) + self.prev_action(prev_action.long())
         x = x + prev_reward.to(x.dtype).unsqueeze(-1) * self.reward_in
         return x + boundary.to(x.dtype).unsqueeze(-1) * self.boundary_in
 
     def heads(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Features ``[*, D]`` -> (log-probs ``[*, A]``, value ``[*]``)."""
-        return torch.log_softmax(self.policy_head(h).float(), dim=-1), self.value_head(h).squeeze(-1).float()
+        heads = [self.policy_head, self.value_head]
+        if eager_acting() and h.dim() == 2:  # one token: the weights packed once
+            out = packed_linears(h, heads, self._heads_cache).float()
+        else:  # both heads in one matmul
+            out = F.linear(h, torch.cat([lin.weight for lin in heads]), torch.cat([lin.bias for lin in heads])).float()
+        return torch.log_softmax(out[..., :-1], dim=-1), out[..., -1]
 
     # ---- acting -------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -115,7 +142,7 @@ class LifelongAgent(nn.Module):
         """One token per lifetime: obs ``[B, ...]``, prev_action ``[B]`` long, prev_reward ``[B]``,
         boundary ``[B]`` bool -> action, log-prob, value ``[B]`` and the memory after the token.
         Actions are sampled with ``generator`` (the global torch RNG when None)."""
-        if not all(t.is_inference() for t in tree_leaves(memory)):
+        if not _all_inference(memory):
             memory = tree_map(torch.clone, memory)  # e.g. a probe's copy: one kind of tensor for compile
         noise = None
         if not deterministic:

@@ -6,6 +6,9 @@ time, so every minibatch replays whole segments from their own start state.
 """
 from __future__ import annotations
 
+import copy
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping
 
@@ -65,33 +68,34 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def ppo_loss(
     agent: LifelongAgent,
     buf: RolloutBuffer,
-    index: torch.Tensor,
+    index: torch.Tensor | None,
     advantages: torch.Tensor,
     returns: torch.Tensor,
     cfg: PPOConfig,
     reset: torch.Tensor | None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped PPO loss on the lifetimes ``index`` of ``buf`` (whole segments). Returns the loss and
-    detached statistics. advantages/returns ``[B, T]``; filler tokens are masked out."""
-    obs = {k: v[index] for k, v in buf.obs.items()}
-    memory = tree_map(lambda t: t[index], buf.memory_start)
-    out = agent.evaluate(obs, buf.prev_action[index], buf.prev_reward[index], buf.boundary[index], memory,
-                         None if reset is None else reset[index])
-    valid = buf.valid[index]
-    action = buf.action[index]
+    """Clipped PPO loss on the lifetimes ``index`` of ``buf`` (whole segments; None: all of them).
+    Returns the loss and detached statistics. advantages/returns ``[B, T]``; filler tokens are masked out."""
+    take = (lambda t: t) if index is None else (lambda t: t[index])  # None: every lifetime, no copies
+    obs = {k: take(v) for k, v in buf.obs.items()}
+    memory = tree_map(take, buf.memory_start)
+    out = agent.evaluate(obs, take(buf.prev_action), take(buf.prev_reward), take(buf.boundary), memory,
+                         None if reset is None else take(reset))
+    valid = take(buf.valid)
+    action = take(buf.action)
     new_logp = out.log_probs.gather(-1, action.unsqueeze(-1)).squeeze(-1)
-    log_ratio = new_logp - buf.log_prob[index]
+    log_ratio = new_logp - take(buf.log_prob)
     ratio = log_ratio.exp()
-    adv = advantages[index]
+    adv = take(advantages)
     if cfg.norm_adv:
         mean = masked_mean(adv, valid)
         std = masked_mean((adv - mean) ** 2, valid).sqrt()
         adv = (adv - mean) / (std + 1e-8)
     pg_loss = masked_mean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)), valid)
     value = out.value
-    ret = returns[index]
+    ret = take(returns)
     if cfg.clip_vloss:
-        old_value = buf.value[index]
+        old_value = take(buf.value)
         clipped = old_value + (value - old_value).clamp(-cfg.clip_coef, cfg.clip_coef)
         v_loss = 0.5 * masked_mean(torch.max((value - ret) ** 2, (clipped - ret) ** 2), valid)
     else:
@@ -180,7 +184,8 @@ class PPOLearner:
         for _epoch in range(cfg.update_epochs):
             perm = torch.randperm(num_envs, generator=self.generator).to(buf.valid.device)
             for start in range(0, num_envs, mb_size):
-                index = perm[start : start + mb_size]
+                # one minibatch of every lifetime: the loss is a mean over all of them, in any order
+                index = None if mb_size == num_envs else perm[start : start + mb_size]
                 loss, stats = self._loss_fn(self.agent, buf, index, advantages, returns, cfg, reset)
                 if sampler is not None:
                     sampler.remove()
@@ -211,3 +216,92 @@ class PPOLearner:
         if sampler is not None:
             result["features"] = sampler.features
         return result
+
+
+class OverlappedLearner:
+    """PPO on a second thread: learns from segment k while the collector acts segment k+1.
+
+    A drop-in for :class:`PPOLearner` (the lifetime's ``Learner`` protocol). ``agent`` is the acting
+    agent (the collector's); the learner trains its own copy, so acting never reads weights that are
+    being updated. ``update(buf)`` waits for the update of the previous segment, copies its weights
+    into ``agent``, starts the update on (a copy of) ``buf`` in the background and returns the
+    previous update's statistics (``{}`` after the first segment). Segment k+1 is therefore acted by
+    the weights from before the update on segment k: one update of policy lag, which PPO's
+    importance ratio (new / behaviour log-prob, recorded while acting) accounts for like any other
+    off-policyness within its clipping range.
+
+    ``threads`` torch threads are used by each side (acting and learning); with the default 1 the two
+    sides use one core each, and every op runs single-threaded, so a seed gives one lifetime (an
+    overlapped lifetime differs from a sequential one, which stays the default). ``state_dict``
+    first waits for the pending update, so a checkpoint holds a settled state and resumes identically.
+    """
+
+    def __init__(self, agent: LifelongAgent, cfg: PPOConfig, *, compile: bool, seed: int, threads: int = 1,
+                 switch_interval: float | None = 0.0005) -> None:
+        self.agent = agent
+        compiled = agent.__dict__.pop("_act_core", None)  # a compiled acting step stays with the acting agent
+        try:
+            self.learn_agent = copy.deepcopy(agent)
+        finally:
+            if compiled is not None:
+                agent._act_core = compiled
+        self.inner = PPOLearner(self.learn_agent, cfg, compile=compile, seed=seed)
+        self.cfg = cfg
+        self.threads = threads
+        torch.set_num_threads(threads)
+        if switch_interval is not None:
+            # the learner thread takes the GIL back between its ops without waiting out 5 ms of env stepping
+            sys.setswitchinterval(min(sys.getswitchinterval(), switch_interval))
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ppo-learner")
+        self._pending: Future | None = None
+        self._stats: dict[str, Any] = {}  # the last finished update's, not yet returned
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.inner.optimizer
+
+    @property
+    def last_grad_norm(self) -> float:
+        return self.inner.last_grad_norm
+
+    def _run(self, buf: RolloutBuffer, reset: torch.Tensor | None, features: bool) -> dict[str, Any]:
+        torch.set_num_threads(self.threads)
+        return self.inner.update(buf, reset=reset, features=features)
+
+    def _settle(self) -> None:
+        """Wait for the pending update (re-raising its error) and keep its statistics."""
+        if self._pending is not None:
+            future, self._pending = self._pending, None
+            self._stats = future.result()
+
+    @torch.no_grad()
+    def _sync_weights(self) -> None:
+        for acting, learned in zip(self.agent.parameters(), self.learn_agent.parameters(), strict=True):
+            acting.copy_(learned)
+
+    def update(self, buf: RolloutBuffer, reset: torch.Tensor | None = None, features: bool = False) -> dict[str, Any]:
+        """Start learning from ``buf`` (complete) in the background; returns the previous update's stats."""
+        self._settle()
+        stats, self._stats = self._stats, {}
+        self._sync_weights()
+        self._pending = self._pool.submit(self._run, buf.clone(), None if reset is None else reset.clone(), features)
+        return stats
+
+    def finish(self) -> dict[str, Any]:
+        """Wait for the pending update and copy its weights into the acting agent; returns its stats."""
+        self._settle()
+        self._sync_weights()
+        stats, self._stats = self._stats, {}
+        return stats
+
+    def state_dict(self) -> dict:
+        self._settle()
+        return {**self.inner.state_dict(), "learn_agent": self.learn_agent.state_dict(), "stats": self._stats}
+
+    def load_state_dict(self, sd: dict) -> None:
+        if self._pending is not None:  # an update of a state being replaced: wait for it, drop it
+            self._pending.exception()
+            self._pending = None
+        self.inner.load_state_dict(sd)
+        self.learn_agent.load_state_dict(sd["learn_agent"])
+        self._stats = dict(sd.get("stats", {}))

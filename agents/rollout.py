@@ -93,6 +93,7 @@ class Rollout:
         self.device = torch.device(device)
         self.num_envs = int(vec_env.num_envs)
         self.tokens: Tokens | None = None
+        self._valid = np.ones(self.num_envs, dtype=bool)  # host copy of tokens.valid
 
     @torch.inference_mode()
     def reset(self, seed: int) -> Info:
@@ -106,6 +107,7 @@ class Rollout:
             boundary=torch.ones(b, dtype=torch.bool, device=self.device),
             valid=torch.ones(b, dtype=torch.bool, device=self.device),
         )
+        self._valid = np.ones(b, dtype=bool)
         return info
 
     @torch.inference_mode()
@@ -118,19 +120,29 @@ class Rollout:
             raise RuntimeError("call reset(seed) before stepping")
         out = self.agent.act(tokens.obs, tokens.prev_action, tokens.prev_reward, tokens.boundary, memory,
                              deterministic=deterministic, generator=generator)
-        obs, reward, terminated, truncated, info = self.vec_env.step(out.action.cpu().numpy())
-        reward_t = torch.as_tensor(reward, dtype=torch.float32, device=self.device)
-        term_t = torch.as_tensor(terminated, dtype=torch.bool, device=self.device)
-        trunc_t = torch.as_tensor(truncated, dtype=torch.bool, device=self.device)
-        first = ~tokens.valid  # after a filler comes an episode's first observation
+        action = out.action.numpy() if out.action.device.type == "cpu" else out.action.cpu().numpy()
+        obs, reward, terminated, truncated, info = self.vec_env.step(action)
+        # the token rules on the host, in numpy (a few microseconds), then one tensor per field
+        first = ~self._valid  # after a filler comes an episode's first observation
+        reward = np.asarray(reward, dtype=np.float32).copy()
+        terminated = np.asarray(terminated, dtype=bool).copy()
+        truncated = np.asarray(truncated, dtype=bool).copy()
+        self._valid = ~(terminated | truncated)
+        to = self._to_tensor
+        reward_t, term_t, trunc_t = to(reward), to(terminated), to(truncated)
         self.tokens = Tokens(
             obs=self.agent.obs_to_tensor(obs, self.device),
-            prev_action=torch.where(first, torch.full_like(out.action, self.agent.num_actions), out.action),
-            prev_reward=torch.where(first, torch.zeros_like(reward_t), reward_t),
-            boundary=first,
-            valid=~(term_t | trunc_t),
+            prev_action=to(np.where(first, self.agent.num_actions, action).astype(np.int64)),
+            prev_reward=to(np.where(first, np.float32(0.0), reward)),
+            boundary=to(first),
+            valid=to(self._valid.copy()),
         )
         return Transition(tokens, out.action, out.log_prob, out.value, out.memory, reward_t, term_t, trunc_t, info)
+
+    def _to_tensor(self, array: np.ndarray) -> torch.Tensor:
+        """A host array (owned by the caller, never written again) as a tensor on the device."""
+        t = torch.from_numpy(array)
+        return t if self.device.type == "cpu" else t.to(self.device)
 
     def state_dict(self) -> dict[str, Any]:
         """The next tokens and every env's position and RNG."""
@@ -153,6 +165,7 @@ class Rollout:
         to = lambda t: t.to(self.device).clone()  # noqa: E731  (inference tensors, like the acting ones)
         self.tokens = Tokens({k: to(v) for k, v in sd["obs"].items()}, to(sd["prev_action"]),
                              to(sd["prev_reward"]), to(sd["boundary"]), to(sd["valid"]))
+        self._valid = sd["valid"].cpu().numpy().astype(bool)
         for i, env_sd in enumerate(sd["envs"]):
             sub_env_attr(self.vec_env, i, "load_state_dict")(env_sd)
         if hasattr(self.vec_env, "_autoreset_envs"):
@@ -181,6 +194,8 @@ class RolloutCollector:
         self.generator = torch.Generator(self.device)  # action sampling, seeded by reset(seed)
         self.task_switch = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         self.info: Info = {}
+        with torch.inference_mode():
+            self._no_reset = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
 
     @property
     def tokens(self) -> Tokens:
@@ -214,8 +229,16 @@ class RolloutCollector:
         return info
 
     def _task_switch(self, info: Info) -> torch.Tensor:
-        flags = [bool(info_at(info, "task_switch", i, False)) for i in range(self.num_envs)]
-        return torch.tensor(flags, dtype=torch.bool, device=self.device)
+        """``[B]`` bool: the lifetimes whose token this step starts a new block (``info_at`` vectorised)."""
+        flags = info.get("task_switch")
+        if flags is None:
+            switch = np.zeros(self.num_envs, dtype=bool)
+        else:
+            switch = np.array(flags, dtype=bool).reshape(self.num_envs)
+            mask = info.get("_task_switch")
+            if mask is not None:
+                switch &= np.asarray(mask, dtype=bool).reshape(self.num_envs)
+        return self.rollout._to_tensor(switch)
 
     def reset_mask(self) -> torch.Tensor:
         """``[B]`` bool: lifetimes whose memory is cleared before the next token (reset ablations)."""
@@ -238,8 +261,11 @@ class RolloutCollector:
         the env's info for the step."""
         if self.memory is None:
             raise RuntimeError("call reset(seed) before stepping")
-        reset = self.reset_mask()
-        self.memory = self._reset_where(self.memory, reset)
+        if self.reset_on == "never":  # nothing to clear: one shared all-False mask (the buffer copies it)
+            reset = self._no_reset
+        else:
+            reset = self.reset_mask()
+            self.memory = self._reset_where(self.memory, reset)
         t = self.rollout.step(self.memory, generator=self.generator)
         if buf is not None:
             buf.add_input(t.tokens.obs, t.tokens.prev_action, t.tokens.prev_reward, t.tokens.boundary, reset,

@@ -36,6 +36,60 @@ DOORKEY_STREAM = {
 }
 
 
+class Loop:
+    """The project's loop as the benchmarks run it: ``num_envs`` lifetimes of DoorKey-5x5 (or of the
+    stream ``configs/stream/<stream>.yaml``), a
+    ``layers``-block backbone of ``memory`` at width ``d_model``, PPO on ``segment``-token segments
+    (:meth:`segment` collects one segment and learns from it)."""
+
+    def __init__(self, *, num_envs: int = 8, d_model: int = 128, layers: int = 2, memory: str = "gated_deltanet",
+                 segment: int = 128, epochs: int = 4, lr: float = 3e-4, compile: bool = False, device: str = "cpu",
+                 acting_threads: int | None = 1, seed: int = 0, memory_overrides: dict | None = None,
+                 overlap: bool = False, stream: str | None = None) -> None:
+        from lifelong.agents.buffer import RolloutBuffer
+        from lifelong.agents.policy import LifelongAgent
+        from lifelong.agents.ppo import OverlappedLearner, PPOConfig, PPOLearner
+        from lifelong.agents.rollout import RolloutCollector
+        from lifelong.envs.make import load_stream_config, make_vector_env
+        from lifelong.memory_layers.registry import load_memory_config
+
+        torch.manual_seed(seed)
+        self.device = torch.device(device)
+        stream_cfg = OmegaConf.create(DOORKEY_STREAM) if stream is None else load_stream_config(stream)
+        self.env = make_vector_env(stream_cfg, num_envs, seed=seed)
+        memory_cfg = load_memory_config(memory)
+        if memory_overrides:
+            memory_cfg = OmegaConf.merge(memory_cfg, memory_overrides)
+        self.agent = LifelongAgent(self.env.single_observation_space, self.env.single_action_space, memory_cfg,
+                                   d_model, layers, 2.0).to(self.device)
+        if compile:
+            self.agent.compile_acting()
+        ppo_cfg = PPOConfig.from_cfg({"lr": lr, "update_epochs": epochs})
+        self.overlap = overlap
+        if overlap:  # learning on its own thread (and core), one update behind the acting
+            self.learner = OverlappedLearner(self.agent, ppo_cfg, compile=compile, seed=seed)
+        else:
+            self.learner = PPOLearner(self.agent, ppo_cfg, compile=compile, seed=seed)
+        self.collector = RolloutCollector(self.env, self.agent, "never", self.device, acting_threads=acting_threads)
+        self.collector.reset(seed=seed)
+        self.buffer = RolloutBuffer(num_envs, segment, self.device)
+        self.steps_per_segment = num_envs * segment
+
+    def segment(self) -> tuple[float, float]:
+        """Collect one segment and learn from it; returns (collect seconds, learn seconds). With
+        ``overlap`` the learn seconds are the wait for the previous update plus starting this one."""
+        t0 = time.perf_counter()
+        self.collector.collect(self.buffer)
+        t1 = time.perf_counter()
+        self.learner.update(self.buffer)
+        return t1 - t0, time.perf_counter() - t1
+
+    def finish(self) -> None:
+        """Wait for a pending update (overlap mode); nothing to do otherwise."""
+        if self.overlap:
+            self.learner.finish()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2)
@@ -48,6 +102,8 @@ def main() -> None:
     p.add_argument("--segments", type=int, default=20, help="timed segments (after --warmup)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--overlap", action="store_true",
+                   help="learn from segment k on a second thread while acting segment k+1 (agents.ppo.OverlappedLearner)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--acting-threads", type=int, default=1, help="torch threads while acting (0: same as --threads)")
@@ -55,26 +111,10 @@ def main() -> None:
                    help="print a learning-curve line (success rate of the episodes in the window) every N segments")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-
-    from lifelong.agents.buffer import RolloutBuffer
-    from lifelong.agents.policy import LifelongAgent
-    from lifelong.agents.ppo import PPOConfig, PPOLearner
-    from lifelong.agents.rollout import RolloutCollector
-    from lifelong.envs.make import make_vector_env
-    from lifelong.memory_layers.registry import load_memory_config
-
-    torch.manual_seed(0)
-    device = torch.device(args.device)
-    env = make_vector_env(OmegaConf.create(DOORKEY_STREAM), args.num_envs, seed=0)
-    agent = LifelongAgent(env.single_observation_space, env.single_action_space, load_memory_config(args.memory),
-                          args.d_model, args.layers, 2.0).to(device)
-    if args.compile:
-        agent.compile_acting()
-    learner = PPOLearner(agent, PPOConfig.from_cfg({"lr": args.lr, "update_epochs": args.epochs}), compile=args.compile,
-                         seed=0)
-    collector = RolloutCollector(env, agent, "never", device, acting_threads=args.acting_threads or None)
-    collector.reset(seed=0)
-    buf = RolloutBuffer(args.num_envs, args.segment, device)
+    loop = Loop(num_envs=args.num_envs, d_model=args.d_model, layers=args.layers, memory=args.memory,
+                segment=args.segment, epochs=args.epochs, lr=args.lr, compile=args.compile, device=args.device,
+                acting_threads=args.acting_threads or None, overlap=args.overlap)
+    env, buf = loop.env, loop.buffer
 
     # time env stepping apart from acting by wrapping the vector env's step
     env_time = [0.0]
@@ -94,13 +134,9 @@ def main() -> None:
     for i in range(args.warmup + args.segments):
         if i == args.warmup:
             env_time[0], t_collect, t_learn, episodes, successes = 0.0, 0.0, 0.0, 0, 0
-        t0 = time.perf_counter()
-        collector.collect(buf)
-        t1 = time.perf_counter()
-        learner.update(buf)
-        t2 = time.perf_counter()
-        t_collect += t1 - t0
-        t_learn += t2 - t1
+        dt_collect, dt_learn = loop.segment()
+        t_collect += dt_collect
+        t_learn += dt_learn
         episodes += int(buf.done.sum())
         successes += int((buf.done & (buf.reward > 0)).sum())
         win_episodes += int(buf.done.sum())
@@ -110,6 +146,9 @@ def main() -> None:
             print(f"steps {done_steps:>8d}  success {win_successes / max(win_episodes, 1):.3f} "
                   f"({win_episodes} episodes)  wall {time.perf_counter() - start:.0f} s", flush=True)
             win_episodes = win_successes = 0
+    t = time.perf_counter()
+    loop.finish()
+    t_learn += time.perf_counter() - t
     steps = args.segments * args.segment * args.num_envs
     total = t_collect + t_learn
     result = {

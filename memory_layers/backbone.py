@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from lifelong.memory_layers.modules import RMSNorm
+from lifelong.memory_layers.modules import ParamCache, RMSNorm, eager_acting, packed_linears
 from lifelong.memory_layers.protocol import MemoryMixer
 from lifelong.memory_layers.state import State
 
@@ -20,6 +21,7 @@ class MemoryBlock(nn.Module):
         self.norm2 = RMSNorm(d)
         hidden = int(round(d * mlp_ratio))
         self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d))
+        self._up_cache, self._down_cache = ParamCache(), ParamCache()  # the eager acting step's weights
 
     def forward(
         self, x: torch.Tensor, state: State, reset: torch.Tensor | None = None
@@ -31,6 +33,13 @@ class MemoryBlock(nn.Module):
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """x ``[B, D]`` -> (``[B, D]``, state)."""
+        if eager_acting() and isinstance(self.mlp[1], nn.GELU) and self.mlp[1].approximate == "none":
+            # the same arithmetic with fewer ops: functional norms, pre-transposed MLP weights
+            h, state = self.mixer.step(F.rms_norm(x, x.shape[-1:], self.norm1.weight, self.norm1.eps), state)
+            x = x + h
+            z = F.rms_norm(x, x.shape[-1:], self.norm2.weight, self.norm2.eps)
+            z = F.gelu(packed_linears(z, [self.mlp[0]], self._up_cache))
+            return x + packed_linears(z, [self.mlp[2]], self._down_cache), state
         h, state = self.mixer.step(self.norm1(x), state)
         x = x + h
         return x + self.mlp(self.norm2(x)), state

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from lifelong.kernels.delta_rule import gated_delta_rule, gated_delta_rule_step
 from lifelong.kernels.utils.backend import BACKENDS
-from lifelong.memory_layers.modules import HeadRMSNorm, mamba_a_log, mamba_dt_bias
+from lifelong.memory_layers.modules import (HeadRMSNorm, ParamCache, eager_acting, mamba_a_log, mamba_dt_bias,
+                                            packed_linears)
 from lifelong.memory_layers.protocol import MemoryMixer
 
 #: Floor of the per-token log decay. exp(-20) ~ 2e-9 already forgets everything; the floor keeps
@@ -64,25 +65,38 @@ class GatedDeltaNet(MemoryMixer):
         self.gate_proj = nn.Linear(d, d, bias=False)  # SiLU output gate
         self.o_norm = HeadRMSNorm(h, self.head_dim)
         self.o_proj = nn.Linear(d, d, bias=False)
+        self._in_cache, self._out_cache = ParamCache(), ParamCache()  # the eager acting step's packed weights
 
     # ---- pieces shared by forward_chunk and step ---------------------------------------------
+    def _in_linears(self) -> list[nn.Linear]:
+        """The projections of the input, in the order of the packed projection."""
+        linears = [self.q_proj, self.k_proj, self.v_proj, self.gate_proj, self.beta_proj]
+        return linears + [self.dt_proj] if self.use_gate else linears
+
     def _project(self, x: torch.Tensor):
-        """x ``[..., D]`` -> q, k, v ``[..., H, K]``, g ``[..., H]`` or None, beta ``[..., H]``."""
-        q = F.normalize(self.split_heads(F.silu(self.q_proj(x))), dim=-1, eps=1e-6)
-        k = F.normalize(self.split_heads(F.silu(self.k_proj(x))), dim=-1, eps=1e-6)
-        v = self.split_heads(F.silu(self.v_proj(x)))
-        beta = torch.sigmoid(self.beta_proj(x))
+        """x ``[..., D]`` -> q, k, v ``[..., H, K]``, g ``[..., H]`` or None, beta ``[..., H]`` and the
+        output gate's pre-activation ``[..., D]``. One matmul against the concatenated weights (the
+        same products as one Linear each, in one pass over x and one in the backward)."""
+        D, H = self.d_model, self.num_heads
+        linears = self._in_linears()
+        weight = torch.cat([lin.weight for lin in linears])
+        bias = [x.new_zeros(4 * D), self.beta_proj.bias] + ([self.dt_bias] if self.use_gate else [])
+        y = F.linear(x, weight, torch.cat(bias))
+        qkv, gate, beta, dt = y.split([3 * D, D, H, y.shape[-1] - 4 * D - H], dim=-1)
+        qkv = F.silu(qkv).unflatten(-1, (3, H, self.head_dim))
+        qk = F.normalize(qkv[..., :2, :, :], dim=-1, eps=1e-6)
+        q, k, v = qk[..., 0, :, :], qk[..., 1, :, :], qkv[..., 2, :, :]
+        beta = torch.sigmoid(beta)
         if self.allow_neg_eigval:
             beta = beta * 2.0
         g = None
-        if self.use_gate:
-            g = -self.A_log.exp() * F.softplus(self.dt_proj(x) + self.dt_bias)
-            g = g.clamp_min(LOG_DECAY_MIN)
-        return q, k, v, g, beta
+        if self.use_gate:  # softplus(dt_proj(x) + dt_bias): dt_bias is the packed bias of dt_proj's rows
+            g = (-self.A_log.exp() * F.softplus(dt)).clamp_min(LOG_DECAY_MIN)
+        return q, k, v, g, beta, gate
 
-    def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Head outputs o ``[..., H, V]`` and input x ``[..., D]`` -> y ``[..., D]``."""
-        gate = F.silu(self.gate_proj(x)).view(o.shape)
+    def _output(self, o: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """Head outputs o ``[..., H, V]`` and the gate's pre-activation ``[..., D]`` -> y ``[..., D]``."""
+        gate = F.silu(gate).view(o.shape)
         return self.o_proj((self.o_norm(o) * gate).flatten(-2))
 
     # ---- protocol ----------------------------------------------------------------------------
@@ -101,20 +115,45 @@ class GatedDeltaNet(MemoryMixer):
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x must be [B, T, {self.d_model}], got {tuple(x.shape)}")
         self._check_state(x, state)
-        q, k, v, g, beta = self._project(x)
+        q, k, v, g, beta, gate = self._project(x)
         o, S = gated_delta_rule(
             q, k, v, g, beta, state.S, chunk_size=self.chunk_size, backend=self.backend
         )
-        return self._output(o.to(x.dtype), x), DeltaState(S)
+        return self._output(o.to(x.dtype), gate), DeltaState(S)
 
     def step(self, x: torch.Tensor, state: DeltaState) -> tuple[torch.Tensor, DeltaState]:
         """x ``[B, D]`` -> (y ``[B, D]``, state); equals ``forward(x[:, None], state)``."""
         if x.dim() != 2 or x.shape[-1] != self.d_model:
             raise ValueError(f"x must be [B, {self.d_model}] (one token), got {tuple(x.shape)}")
         self._check_state(x, state)
-        q, k, v, g, beta = self._project(x)
+        if eager_acting() and x.device.type == "cpu":
+            return self._acting_step(x, state.S)
+        q, k, v, g, beta, gate = self._project(x)
         o, S = gated_delta_rule_step(q, k, v, g, beta, state.S, backend=self.backend)
-        return self._output(o.to(x.dtype), x), DeltaState(S)
+        return self._output(o.to(x.dtype), gate), DeltaState(S)
+
+    def _acting_step(self, x: torch.Tensor, S: torch.Tensor) -> tuple[torch.Tensor, DeltaState]:
+        """:meth:`step` in eager inference mode with fewer ops (the same arithmetic): every input
+        projection in one matmul (packed weights, ``dt_bias`` folded in), q and k normalised together,
+        the delta rule inline, the head norm's weight applied with the gate."""
+        B, D, H, K = x.shape[0], self.d_model, self.num_heads, self.head_dim
+        y = packed_linears(x, self._in_linears(), self._in_cache, {5: self.dt_bias} if self.use_gate else None)
+        qkv, gate, beta, dt = y.split([3 * D, D, H, y.shape[1] - 4 * D - H], dim=1)
+        qkv = F.silu(qkv).view(B, 3, H, K)
+        qk = qkv[:, :2]
+        qk = qk / torch.linalg.vector_norm(qk, dim=-1, keepdim=True).clamp_min_(1e-6)
+        q, k = qk[:, 0].unsqueeze(2), qk[:, 1].unsqueeze(2)  # [B, H, 1, K]
+        beta = torch.sigmoid(beta)
+        if self.allow_neg_eigval:
+            beta = beta * 2.0
+        if self.use_gate:  # S <- alpha S, alpha = exp(g), g = -exp(A_log) softplus(dt + dt_bias)
+            g = torch.mul(F.softplus(dt), self.A_log.exp().neg_()).clamp_min_(LOG_DECAY_MIN)
+            S = S * g.exp_().view(B, H, 1, 1)
+        u = (qkv[:, 2].unsqueeze(2) - k @ S).mul_(beta.view(B, H, 1, 1))  # beta (v - S^T k)  [B, H, 1, V]
+        S = torch.addcmul(S, k.transpose(2, 3), u)  # S + k u^T
+        o = (q @ S).view(B, H, K).mul_(K**-0.5)
+        o = F.rms_norm(o, (K,), None, self.o_norm.eps).mul_(F.silu(gate).view(B, H, K) * self.o_norm.weight)
+        return packed_linears(o.view(B, D), [self.o_proj], self._out_cache), DeltaState(S)
 
     def extra_repr(self) -> str:
         return (

@@ -20,6 +20,7 @@ import torch.nn as nn
 from lifelong.kernels.attention import KVCache, empty_kv_cache, softmax_attn, softmax_attn_step
 from lifelong.kernels.attention.states import check_max_cache
 from lifelong.kernels.utils.backend import BACKENDS
+from lifelong.memory_layers.modules import ParamCache, eager_acting, packed_linears
 from lifelong.memory_layers.protocol import MemoryMixer
 from lifelong.memory_layers.state import state_nbytes
 
@@ -43,11 +44,17 @@ class AttentionProjections(MemoryMixer):
         self.k_proj = nn.Linear(d, d, bias=False)
         self.v_proj = nn.Linear(d, d, bias=False)
         self.o_proj = nn.Linear(d, d, bias=False)
+        self._in_cache, self._out_cache = ParamCache(), ParamCache()  # the eager acting step's packed weights
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if eager_acting() and x.dim() == 2:  # one token: q, k, v in one matmul (packed weights)
+            qkv = packed_linears(x, [self.q_proj, self.k_proj, self.v_proj], self._in_cache)
+            return qkv.view(x.shape[0], 3, self.num_heads, self.head_dim).unbind(1)
         return tuple(self.split_heads(proj(x)) for proj in (self.q_proj, self.k_proj, self.v_proj))
 
     def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if eager_acting() and x.dim() == 2:
+            return packed_linears(o.to(x.dtype).flatten(-2), [self.o_proj], self._out_cache)
         return self.o_proj(o.to(x.dtype).flatten(-2))
 
     def _check_x(self, x: torch.Tensor, single_token: bool) -> None:

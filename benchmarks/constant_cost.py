@@ -1,0 +1,154 @@
+"""Constant cost over a lifetime: steps/s and resident memory of each parametric mixer, 10^4 to 10^6 steps.
+
+Each mixer runs one lifetime stream (``--stream``, ``--num-envs`` lifetimes, learning on: the rollout
+collector and the PPO learner of ``benchmarks/throughput.py``) for ``--steps`` env steps (summed over
+the lifetimes), in its own process so that its resident memory (RSS) is its own. At 10^4, 10^5 and
+10^6 steps (the first segment end at or past each) it reports the steps/s and the CPU time per step
+of the window since the previous mark, the process RSS and the bytes of the memory state. Every configs/memory/*.yaml but
+``softmax`` and ``sliding_window`` is parametric (its state has a fixed size); ``softmax`` runs with
+its cache cap off (``max_cache=null``) to show a state, a cost and an RSS that grow.
+
+    python benchmarks/constant_cost.py --steps 100000                 # every parametric mixer + softmax
+    python benchmarks/constant_cost.py --steps 1000000 --mixers gated_deltanet
+    nice -n 10 python benchmarks/constant_cost.py --steps 100000 --json cc.json > cc.log 2>&1 &
+
+Progress lines (every ``--progress-every`` steps) go to stderr; the table to stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/anchors.py
+
+UNCAPPED_SOFTMAX = "softmax(max_cache=null)"
+NON_PARAMETRIC = ("softmax", "sliding_window")
+
+
+def parametric_mixers() -> list[str]:
+    from lifelong.memory_layers.registry import available_mixers
+
+    return [m for m in available_mixers() if m not in NON_PARAMETRIC]
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (Linux /proc; the peak from getrusage elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def marks_up_to(steps: int) -> list[int]:
+    marks = [m for m in (10**4, 10**5, 10**6, 10**7) if m < steps]
+    return [*marks, steps]
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One mixer's lifetime; prints one JSON line per mark on stdout."""
+    import torch
+
+    from lifelong.memory_layers.state import state_nbytes
+    from throughput import Loop
+
+    torch.set_num_threads(args.threads)
+    name = args.worker
+    mixer, overrides = (("softmax", {"max_cache": None}) if name == UNCAPPED_SOFTMAX else (name, None))
+    loop = Loop(num_envs=args.num_envs, d_model=args.d_model, layers=args.layers, memory=mixer, segment=args.segment,
+                epochs=args.epochs, memory_overrides=overrides, stream=args.stream, overlap=args.overlap)
+    marks = marks_up_to(args.steps)
+    steps, last_steps, next_progress = 0, 0, args.progress_every
+    start = last = time.perf_counter()
+    last_cpu = time.process_time()
+    import warnings
+
+    warnings.simplefilter("ignore")  # the uncapped softmax never warns; others have nothing to say here
+    while marks:
+        loop.segment()
+        steps += loop.steps_per_segment
+        now = time.perf_counter()
+        if steps >= next_progress:
+            print(f"[{name}] {steps:>9,d} steps  {steps / (now - start):7.1f} steps/s overall  "
+                  f"RSS {rss_bytes() / 2**20:7.1f} MiB  {now - start:7.0f} s", file=sys.stderr, flush=True)
+            next_progress += args.progress_every
+        if steps >= marks[0]:
+            loop.finish()
+            now = time.perf_counter()
+            cpu = time.process_time()
+            print(json.dumps({"mixer": name, "mark": marks[0], "steps": steps,
+                              "window_steps_per_s": (steps - last_steps) / (now - last),
+                              # CPU time per env step: what the mixer costs, less sensitive than steps/s
+                              # to the other jobs of a shared machine
+                              "window_cpu_ms_per_step": 1e3 * (cpu - last_cpu) / (steps - last_steps),
+                              "rss_mib": rss_bytes() / 2**20,
+                              "state_mib": state_nbytes(loop.collector.memory) / 2**20,
+                              "wall_s": now - start}), flush=True)
+            last, last_steps, last_cpu = now, steps, cpu
+            while marks and steps >= marks[0]:
+                marks.pop(0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=10**6, help="env steps per mixer, summed over the lifetimes")
+    p.add_argument("--mixers", nargs="*", default=None,
+                   help=f"default: every parametric mixer and {UNCAPPED_SOFTMAX!r}")
+    p.add_argument("--stream", default="smoke", help="configs/stream/<name>.yaml (default: smoke, DoorKey A/B/A)")
+    p.add_argument("--num-envs", type=int, default=8)
+    p.add_argument("--segment", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--overlap", action="store_true", help="learn on a second thread (see benchmarks/throughput.py)")
+    p.add_argument("--progress-every", type=int, default=10_000, help="env steps between progress lines (stderr)")
+    p.add_argument("--json", default=None, help="also write the rows to this file")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        worker(args)
+        return
+
+    mixers = args.mixers if args.mixers else [*parametric_mixers(), UNCAPPED_SOFTMAX]
+    rows = []
+    forwarded = [a for a in sys.argv[1:]]
+    for name in mixers:
+        print(f"== {name}: {args.steps:,} steps", file=sys.stderr, flush=True)
+        cmd = [sys.executable, str(Path(__file__).resolve()), *forwarded, "--worker", name]
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        got = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        if proc.returncode != 0:
+            print(f"[{name}] failed with exit code {proc.returncode}", file=sys.stderr, flush=True)
+            got.append({"mixer": name, "error": f"exit code {proc.returncode}"})
+        rows += got
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+    print_table(rows, args)
+
+
+def print_table(rows: list[dict], args: argparse.Namespace) -> None:
+    print(f"\nconstant cost: stream {args.stream}, {args.num_envs} lifetimes, segment {args.segment}, "
+          f"{args.epochs} epochs, d_model {args.d_model} x {args.layers} layers, {args.threads} threads; "
+          "steps/s of the window ending at the mark")
+    print(f"{'mixer':<26} {'steps':>9} {'steps/s':>9} {'cpu ms/step':>12} {'RSS MiB':>9} {'state MiB':>10}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['mixer']:<26} {r['error']}")
+            continue
+        cpu = r.get("window_cpu_ms_per_step")
+        print(f"{r['mixer']:<26} {r['steps']:>9,d} {r['window_steps_per_s']:>9.1f} "
+              f"{'-' if cpu is None else f'{cpu:.3f}':>12} {r['rss_mib']:>9.1f} {r['state_mib']:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()
