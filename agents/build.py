@@ -20,7 +20,7 @@ from lifelong.agents.buffer import RolloutBuffer
 from lifelong.agents.guard import DivergenceGuard
 from lifelong.agents.loop import Lifetime, LifetimeSettings
 from lifelong.agents.policy import LifelongAgent
-from lifelong.agents.ppo import PPOConfig, PPOLearner
+from lifelong.agents.ppo import OverlappedLearner, PPOConfig, PPOLearner
 from lifelong.agents.rollout import RolloutCollector, sub_env_attr
 from lifelong.config_schema import resolve_device
 from lifelong.envs.make import make_replay_env, make_task_env, make_vector_env
@@ -129,7 +129,11 @@ def build_lifetime(cfg: DictConfig, run_dir: Path | str) -> Lifetime:
     compile_ = bool(cfg.compile)
     if compile_:
         agent.compile_acting()
-    learner = PPOLearner(agent, PPOConfig.from_cfg(agent_cfg), compile=compile_, seed=seed)
+    ppo_cfg = PPOConfig.from_cfg(agent_cfg)
+    if bool(agent_cfg.get("overlap", False)):
+        learner = OverlappedLearner(agent, ppo_cfg, compile=compile_, seed=seed)
+    else:
+        learner = PPOLearner(agent, ppo_cfg, compile=compile_, seed=seed)
     acting_threads = agent_cfg.acting_threads
     collector = RolloutCollector(vec_env, agent, str(cfg.memory.reset_on), device,
                                  None if acting_threads is None else int(acting_threads))

@@ -155,6 +155,7 @@ class Lifetime:
         """Probe every lifetime from a copy of its memory (learning off) on the tasks the tracker plans
         for this moment (``probe_plan``); log it."""
         started = time.perf_counter()
+        self._settle_learner()  # an overlapped learner's pending update: the probe sees the newest weights
         tasks, episodes = self.tracker.probe_plan(block_end, self.global_step)
         with self.collector.acting():
             results = self.prober(self.agent, self.collector.memory, tasks,
@@ -164,6 +165,12 @@ class Lifetime:
         self._last_probe_step = self.global_step
         self._last_results = results if block_end is not None else None
         return results
+
+    def _settle_learner(self) -> None:
+        """Wait for a learner that learns in the background (``agent.overlap``) and take its weights."""
+        settle = getattr(self.learner, "settle", None)
+        if settle is not None:
+            settle()
 
     def _switch_replay(self) -> None:
         """In-context versus in-weight forgetting at the lifetime's end (tracking/replay.py)."""
@@ -277,6 +284,7 @@ class Lifetime:
         finally:
             if bar is not None:
                 bar.close()
+        self._settle_learner()
         if self._final_probe is None:  # a lifetime resumed after its final probe does not probe again
             block = self.tracker.current_block
             if self._last_probe_step == self.global_step and self._last_results is not None:

@@ -287,6 +287,12 @@ class OverlappedLearner:
         self._pending = self._pool.submit(self._run, buf.clone(), None if reset is None else reset.clone(), features)
         return stats
 
+    def settle(self) -> None:
+        """Wait for the pending update and copy its weights into the acting agent (before a probe or
+        at the lifetime's end); its statistics stay for the next :meth:`update` to return."""
+        self._settle()
+        self._sync_weights()
+
     def finish(self) -> dict[str, Any]:
         """Wait for the pending update and copy its weights into the acting agent; returns its stats."""
         self._settle()

@@ -102,6 +102,7 @@ class AgentConfig:
     norm_adv: bool = allowed()
     target_kl: float | None = allowed(above(0))         # null: no early stop
     acting_threads: int | None = allowed(at_least(1))   # null: every thread
+    overlap: bool = allowed()                           # learner on a second thread (OverlappedLearner)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from agent_fakes import compose_config
 
 import lifelong.agents.checkpoint as ckpt
 from lifelong.agents.build import build_lifetime
+from lifelong.agents.ppo import OverlappedLearner
 
 
 def test_a_checkpoint_round_trips_tensors_rng_states_and_nested_dicts(tmp_path):
@@ -111,16 +112,21 @@ def test_loading_a_missing_checkpoint_names_what_to_pass(tmp_path):
 
 
 # ---- a real lifetime ---------------------------------------------------------------------------
+def real_config_overrides() -> tuple[str, ...]:
+    """The overrides of :func:`real_config`."""
+    short = [f"+stream.tasks.{task}.env_kwargs={{max_steps:20}}" for task in ("doorkey", "doorkey-permuted")]
+    return ("memory=gated_deltanet", "stream=smoke", "stream.steps_per_task=40", "device=cpu",
+            "num_envs=2", "total_steps=240", "agent.d_model=16", "agent.num_layers=1",
+            "agent.segment_length=16", "agent.update_epochs=2", "tracker.probe_every=64",
+            "tracker.probe_episodes=2", "tracker.curve_probe_episodes=2", "tracker.bootstrap_samples=200",
+            "tracker.replay_episodes=null", "tracker.log_every=32", "checkpoint_every=64",
+            "checkpoint_minutes=0", "checkpoint_keep=100", *short)
+
+
 def real_config():
     """The smoke stream (real MiniGrid envs, episodes of at most 20 steps) for a tiny agent, probed
     every 64 steps besides the block ends, with a checkpoint every 2 segments."""
-    short = [f"+stream.tasks.{task}.env_kwargs={{max_steps:20}}" for task in ("doorkey", "doorkey-permuted")]
-    return compose_config("memory=gated_deltanet", "stream=smoke", "stream.steps_per_task=40", "device=cpu",
-                          "num_envs=2", "total_steps=240", "agent.d_model=16", "agent.num_layers=1",
-                          "agent.segment_length=16", "agent.update_epochs=2", "tracker.probe_every=64",
-                          "tracker.probe_episodes=2", "tracker.curve_probe_episodes=2", "tracker.bootstrap_samples=200",
-                          "tracker.replay_episodes=null", "tracker.log_every=32", "checkpoint_every=64",
-                          "checkpoint_minutes=0", "checkpoint_keep=100", *short)
+    return compose_config(*real_config_overrides())
 
 
 def without_timing(value):
@@ -166,3 +172,19 @@ def test_a_real_lifetime_resumed_from_a_mid_way_checkpoint_ends_with_the_same_su
     # every probe's per-episode results too (probes.json)
     full_probes = json.loads((paths[0].parent.parent / "probes.json").read_text())
     assert json.loads((tmp_path / "resumed" / "probes.json").read_text()) == full_probes
+
+
+def test_an_overlapped_lifetime_is_reproducible_and_resumes_from_a_checkpoint_identically(tmp_path):
+    """``agent.overlap=true``: the learner trains on a second thread one segment behind; the run still
+    gives one lifetime per seed, and a resumed one ends where the uninterrupted one does."""
+    config = lambda: compose_config(*real_config_overrides(), "agent.overlap=true")  # noqa: E731
+    first = build_lifetime(config(), tmp_path / "first")
+    summary = first.run(progress=False)
+    assert isinstance(first.learner, OverlappedLearner)
+    again = build_lifetime(config(), tmp_path / "again").run(progress=False)
+    assert comparable(again) == comparable(summary)
+    paths = first.checkpoints.paths()
+    resumed = build_lifetime(config(), tmp_path / "resumed")
+    resumed.load(paths[len(paths) // 2 - 1])
+    assert 0 < resumed.global_step < summary["env_steps"]
+    assert comparable(resumed.run(progress=False)) == comparable(summary)

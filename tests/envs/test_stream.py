@@ -89,7 +89,7 @@ def test_the_default_stream_is_a_b_a_and_the_five_task_cycle_stays_as_the_long_s
     a, b = shift.task_names
     assert [t for t, _ in shift.schedule] == [a, b, a], "learned, overwritten by a shift, revisited"
     stream = make_stream(load_stream_config("mg-cycle"), seed=0)
-    assert stream.task_names == ["doorkey", "lavacrossing", "memory", "keycorridor", "simplecrossing"]
+    assert stream.task_names == ["doorkey", "lavagap", "memory", "keycorridor", "simplecrossing"]
     assert [t for t, _ in stream.schedule] == stream.task_names * 3
     assert len({d for _, d in stream.schedule}) == 1 and not stream.expose_task_id
     assert stream.observation_space.spaces.keys() == {"image", "direction"}
