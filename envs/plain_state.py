@@ -16,6 +16,8 @@ numpy array                    ``{"ndarray": nested list, "dtype": "<i8", "shape
 numpy scalar                   ``{"numpy": value, "dtype": "<i8"}``
 numpy Generator                ``{"generator": bit_generator.state}`` (encoded)
 MiniGrid grid, object, room    ``{"object": i}``: entry ``i`` of the env's object table
+(RoomGrid's, MultiRoom's and
+LockedRoom's rooms)
 =============================  ===========================================================
 
 The object table holds MiniGrid's grid, its world objects (walls, doors, keys, ...) and rooms, each
@@ -44,12 +46,18 @@ def class_name(cls: type) -> str:
 
 
 def object_classes() -> dict[str, type]:
-    """The classes an env state may hold as objects: MiniGrid's grid, rooms and every world object."""
+    """The classes an env state may hold as objects: MiniGrid's grid, rooms and every world object.
+
+    Rooms are RoomGrid's ``Room`` and the plain attribute holders of MultiRoom and LockedRoom
+    (``MultiRoomEnv.rooms``, ``LockedRoomEnv.rooms``).
+    """
     from minigrid.core.grid import Grid
     from minigrid.core.roomgrid import Room
     from minigrid.core.world_object import WorldObj
+    from minigrid.envs.lockedroom import LockedRoom
+    from minigrid.envs.multiroom import MultiRoom
 
-    classes, todo = [Grid, Room], [WorldObj]
+    classes, todo = [Grid, Room, MultiRoom, LockedRoom], [WorldObj]
     while todo:
         cls = todo.pop()
         classes.append(cls)

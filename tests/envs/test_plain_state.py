@@ -62,10 +62,32 @@ def test_every_configured_task_env_restored_from_plain_data_continues_identicall
     assert same(a, b)
 
 
+def minigrid_task(env_id: str):
+    """A one-task stream config holding MiniGrid's ``env_id`` (the configured streams need not hold it)."""
+    cfg = load_stream_config("mg-cycle").copy()
+    cfg.tasks = {"task": {"env_id": env_id}}
+    cfg.schedule.order = ["task"]
+    return cfg
+
+
 def keycorridor():
-    env = make_task_env(load_stream_config("mg-cycle"), "keycorridor", seed=0)
+    env = make_task_env(minigrid_task("MiniGrid-KeyCorridorS3R1-v0"), "task", seed=0)
     env.reset()
     return env, task_env(env).unwrapped
+
+
+@pytest.mark.parametrize("env_id", ["MiniGrid-MultiRoom-N2-S4-v0", "MiniGrid-LockedRoom-v0"])
+def test_envs_keeping_their_own_room_objects_are_saved_and_continue_identically(env_id):
+    """MultiRoom and LockedRoom keep rooms of their own classes (once refused: a run's checkpoint failed)."""
+    original = make_task_env(minigrid_task(env_id), "task", seed=3)
+    original.reset()
+    play(original, 7, np.random.default_rng(7))
+    restored = make_task_env(minigrid_task(env_id), "task", seed=99)
+    restored.load_state_dict(through_weights_only(original.state_dict()))
+    rooms = task_env(restored).unwrapped.rooms
+    assert rooms and vars(rooms[0]) and type(rooms[0]) is type(task_env(original).unwrapped.rooms[0])
+    a, b = play(original, 200, np.random.default_rng(5)), play(restored, 200, np.random.default_rng(5))
+    assert same(a, b)
 
 
 def test_shared_objects_and_cycles_come_back_as_shared_objects_and_cycles():

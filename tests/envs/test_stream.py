@@ -82,14 +82,14 @@ def test_the_required_streams_are_configured():
     assert {"smoke", "mg-cycle", "permuted-actions", "slippery", "recall"} <= set(available_streams())
 
 
-def test_the_default_stream_is_a_b_a_and_the_five_task_cycle_stays_as_the_long_stream():
+def test_the_default_stream_is_a_b_a_and_the_four_task_cycle_stays_as_the_long_stream():
     config = OmegaConf.load(config_dir() / "config.yaml")
     assert "stream: mg-shift" in [str(d).replace("{'stream': 'mg-shift'}", "stream: mg-shift") for d in config.defaults]
     shift = make_stream(load_stream_config("mg-shift"), seed=0)
     a, b = shift.task_names
     assert [t for t, _ in shift.schedule] == [a, b, a], "learned, overwritten by a shift, revisited"
     stream = make_stream(load_stream_config("mg-cycle"), seed=0)
-    assert stream.task_names == ["doorkey", "lavagap", "memory", "keycorridor", "simplecrossing"]
+    assert stream.task_names == ["simplecrossing", "unlock", "distshift", "doorkey"]
     assert [t for t, _ in stream.schedule] == stream.task_names * 3
     assert len({d for _, d in stream.schedule}) == 1 and not stream.expose_task_id
     assert stream.observation_space.spaces.keys() == {"image", "direction"}
@@ -101,7 +101,7 @@ def test_describe_streams_lists_tasks_blocks_and_schedule_length():
     assert rows["smoke"] == {"name": "smoke", "description": "DoorKey-5x5 with an action permutation switched A/B/A",
                              "tasks": ["doorkey", "doorkey-permuted"], "blocks": 3, "schedule_length": 1500,
                              "unit": "steps"}
-    assert rows["mg-cycle"]["blocks"] == 15
+    assert rows["mg-cycle"]["blocks"] == 12
     assert all(row["unit"] == "steps" for row in rows.values()), "lifelong run takes streams counted in steps"
     assert all(row["description"] for row in rows.values()), "every stream says what it is"
 
