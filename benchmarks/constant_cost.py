@@ -6,7 +6,11 @@ the lifetimes), in its own process so that its resident memory (RSS) is its own.
 10^6 steps (the first segment end at or past each) it reports the steps/s and the CPU time per step
 of the window since the previous mark, the process RSS and the bytes of the memory state. Every configs/memory/*.yaml but
 ``softmax`` and ``sliding_window`` is parametric (its state has a fixed size); ``softmax`` runs with
-its cache cap off (``max_cache=null``) to show a state, a cost and an RSS that grow.
+its cache cap off (``max_cache=null``) to show a state, a cost and an RSS that grow, for
+``--growing-steps`` (10^5 by default: its state alone would pass 16 GB at 10^6 steps).
+
+With ``--json``, a mixer already in the file (a row at its last mark) is not run again: a long run
+that was stopped continues where it was.
 
     python benchmarks/constant_cost.py --steps 100000                 # every parametric mixer + softmax
     python benchmarks/constant_cost.py --steps 1000000 --mixers gated_deltanet
@@ -54,6 +58,20 @@ def marks_up_to(steps: int) -> list[int]:
     return [*marks, steps]
 
 
+def steps_for(name: str, args: argparse.Namespace) -> int:
+    """Env steps for ``name``: ``--steps``, or at most ``--growing-steps`` for the uncapped softmax."""
+    return min(args.steps, args.growing_steps) if name == UNCAPPED_SOFTMAX else args.steps
+
+
+def finished_rows(path: str | None, args: argparse.Namespace) -> list[dict]:
+    """The rows of ``path`` (an earlier ``--json``) whose mixer reached its last mark; [] when none."""
+    if not path or not Path(path).exists():
+        return []
+    rows = json.loads(Path(path).read_text())
+    done = {r["mixer"] for r in rows if "error" not in r and r["mark"] == steps_for(r["mixer"], args)}
+    return [r for r in rows if r["mixer"] in done]
+
+
 def worker(args: argparse.Namespace) -> None:
     """One mixer's lifetime; prints one JSON line per mark on stdout."""
     import torch
@@ -66,7 +84,7 @@ def worker(args: argparse.Namespace) -> None:
     mixer, overrides = (("softmax", {"max_cache": None}) if name == UNCAPPED_SOFTMAX else (name, None))
     loop = Loop(num_envs=args.num_envs, d_model=args.d_model, layers=args.layers, memory=mixer, segment=args.segment,
                 epochs=args.epochs, memory_overrides=overrides, stream=args.stream, overlap=args.overlap)
-    marks = marks_up_to(args.steps)
+    marks = marks_up_to(steps_for(name, args))
     steps, last_steps, next_progress = 0, 0, args.progress_every
     start = last = time.perf_counter()
     last_cpu = time.process_time()
@@ -101,6 +119,8 @@ def worker(args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=10**6, help="env steps per mixer, summed over the lifetimes")
+    p.add_argument("--growing-steps", type=int, default=10**5,
+                   help=f"env steps for {UNCAPPED_SOFTMAX!r} (its state grows with them)")
     p.add_argument("--mixers", nargs="*", default=None,
                    help=f"default: every parametric mixer and {UNCAPPED_SOFTMAX!r}")
     p.add_argument("--stream", default="smoke", help="configs/stream/<name>.yaml (default: smoke, DoorKey A/B/A)")
@@ -120,10 +140,13 @@ def main() -> None:
         return
 
     mixers = args.mixers if args.mixers else [*parametric_mixers(), UNCAPPED_SOFTMAX]
-    rows = []
+    rows = finished_rows(args.json, args)
     forwarded = [a for a in sys.argv[1:]]
     for name in mixers:
-        print(f"== {name}: {args.steps:,} steps", file=sys.stderr, flush=True)
+        if any(r["mixer"] == name for r in rows):
+            print(f"== {name}: in {args.json} already", file=sys.stderr, flush=True)
+            continue
+        print(f"== {name}: {steps_for(name, args):,} steps", file=sys.stderr, flush=True)
         cmd = [sys.executable, str(Path(__file__).resolve()), *forwarded, "--worker", name]
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         got = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -137,17 +160,23 @@ def main() -> None:
 
 
 def print_table(rows: list[dict], args: argparse.Namespace) -> None:
+    """The rows, with each window's CPU time per step relative to the mixer's first window (10^4)."""
     print(f"\nconstant cost: stream {args.stream}, {args.num_envs} lifetimes, segment {args.segment}, "
           f"{args.epochs} epochs, d_model {args.d_model} x {args.layers} layers, {args.threads} threads; "
-          "steps/s of the window ending at the mark")
-    print(f"{'mixer':<26} {'steps':>9} {'steps/s':>9} {'cpu ms/step':>12} {'RSS MiB':>9} {'state MiB':>10}")
+          "steps/s and CPU ms per step of the window ending at the mark; 'vs first': that CPU time over "
+          "the mixer's first window's")
+    print(f"{'mixer':<26} {'steps':>9} {'steps/s':>9} {'cpu ms/step':>12} {'vs first':>9} {'RSS MiB':>9} "
+          f"{'state MiB':>10}")
+    first: dict[str, float] = {}
     for r in rows:
         if "error" in r:
             print(f"{r['mixer']:<26} {r['error']}")
             continue
         cpu = r.get("window_cpu_ms_per_step")
+        base = first.setdefault(r["mixer"], cpu) if cpu is not None else None
+        ratio = "-" if cpu is None or not base else f"{cpu / base:.3f}"
         print(f"{r['mixer']:<26} {r['steps']:>9,d} {r['window_steps_per_s']:>9.1f} "
-              f"{'-' if cpu is None else f'{cpu:.3f}':>12} {r['rss_mib']:>9.1f} {r['state_mib']:>10.2f}")
+              f"{'-' if cpu is None else f'{cpu:.3f}':>12} {ratio:>9} {r['rss_mib']:>9.1f} {r['state_mib']:>10.2f}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Adding a mixer config makes it join this suite automatically:
 1. chunked ``forward`` equals a loop of ``step``;
 2. ``forward(x[:, :a])`` then ``forward(x[:, a:])`` equals ``forward(x)`` (odd a and T);
-3. a reset at t equals a fresh ``init_state`` run on ``x[:, t:]``;
+3. a reset at t equals a fresh ``init_state`` run on ``x[:, t:]``; many resets at once (packed into
+   rows, one per run of tokens between resets) equal splitting the batch at every reset time;
 4. state shapes, dtypes and bytes do not depend on T (parametric mixers);
 5. finite gradients, including into the initial state.
 
@@ -114,6 +115,29 @@ def test_reset_equals_a_fresh_state_from_that_token(name):
     assert rel_rms(y[:1, RESET_AT:], y_fresh) < TOL
     assert rel_rms(y[1], y_noreset[1]) < TOL, "a reset of lifetime 0 changed lifetime 1"
     assert rel_rms(y[0, :RESET_AT], y_noreset[0, :RESET_AT]) < TOL, "a reset changed earlier tokens"
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_many_resets_give_the_outputs_end_state_and_gradients_of_splitting_at_every_reset(name):
+    mixer = make_mixer(name)
+    x = torch.randn(4, T, D_MODEL)
+    state0 = warm_state(mixer, 4)
+    g = torch.Generator().manual_seed(3)
+    reset = torch.rand(4, T, generator=g) < 0.15
+    reset[0, 0] = True      # a lifetime that starts fresh
+    reset[1] = False        # one that never resets: its carried state runs the whole sequence
+    reset[2, -1] = True     # one whose last piece is a single token
+    reset[3, 1:] = False
+    reset[3, 40] = True     # one with a long carried piece and a long fresh one
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_packed, end_packed = mixer(xa, clone_state(state0), reset)
+    y_split, end_split = mixer._forward_split(xb, clone_state(state0), reset)
+    assert rel_rms(y_packed, y_split) < TOL
+    assert_states_close(end_packed, end_split)
+    weights = torch.randn_like(y_split)
+    (y_packed * weights).sum().backward()
+    (y_split * weights).sum().backward()
+    assert rel_rms(xa.grad, xb.grad) < TOL
 
 
 @pytest.mark.parametrize("name", CASES)
