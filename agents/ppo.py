@@ -7,6 +7,7 @@ time, so every minibatch replays whole segments from their own start state.
 from __future__ import annotations
 
 import copy
+import math
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
@@ -50,6 +51,8 @@ class PPOConfig:
     num_minibatches: int
     norm_adv: bool
     target_kl: float | None
+    entropy_floor: float | None = None
+    ent_coef_max: float = 1.0
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any]) -> "PPOConfig":
@@ -73,9 +76,12 @@ def ppo_loss(
     returns: torch.Tensor,
     cfg: PPOConfig,
     reset: torch.Tensor | None,
+    ent_coef: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped PPO loss on the lifetimes ``index`` of ``buf`` (whole segments; None: all of them).
-    Returns the loss and detached statistics. advantages/returns ``[B, T]``; filler tokens are masked out."""
+    Returns the loss and detached statistics. advantages/returns ``[B, T]``; filler tokens are masked out.
+    ``ent_coef`` (a 0-d tensor, so a compiled loss does not recompile when it changes): the entropy
+    bonus's weight, by default ``cfg.ent_coef``."""
     take = (lambda t: t) if index is None else (lambda t: t[index])  # None: every lifetime, no copies
     obs = {k: take(v) for k, v in buf.obs.items()}
     memory = tree_map(take, buf.memory_start)
@@ -101,7 +107,7 @@ def ppo_loss(
     else:
         v_loss = 0.5 * masked_mean((value - ret) ** 2, valid)
     entropy = masked_mean(-(out.log_probs.exp() * out.log_probs).sum(-1), valid)
-    loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
+    loss = pg_loss + cfg.vf_coef * v_loss - (cfg.ent_coef if ent_coef is None else ent_coef) * entropy
     with torch.no_grad():
         stats = {
             "losses/policy": pg_loss.detach(),
@@ -138,8 +144,32 @@ class FeatureSampler:
         self._handles = []
 
 
+ENT_COEF_STEP = 1.5  # factor by which the entropy floor's controller moves the coefficient per update
+
+
+def next_ent_coef(coef: float, entropy: float, num_actions: int, cfg: PPOConfig) -> float:
+    """The entropy coefficient for the next update under ``cfg.entropy_floor`` (None: ``cfg.ent_coef``).
+
+    The floor is a target entropy, a fraction of the largest one, ``H_min = entropy_floor * log |A|``.
+    As in the automatic temperature of SAC (Haarnoja et al. 2018, "Soft Actor-Critic Algorithms and
+    Applications", eq. 18; Christodoulou 2019 for discrete actions) the coefficient rises while the
+    policy's entropy is below the target. Our extension: the target is a floor, not a set point. The
+    coefficient is multiplied by ``ENT_COEF_STEP`` after an update whose mean entropy was below
+    ``H_min`` and divided by it otherwise, kept within ``[ent_coef, ent_coef_max]``; above the floor PPO
+    is unchanged. Why: a mastered task drives the entropy to ~0.001 nats, where the gradient of the
+    entropy bonus vanishes, and a next task that this policy does not solve by chance pays no reward
+    to learn from (README, mg-cycle).
+    """
+    if cfg.entropy_floor is None:
+        return cfg.ent_coef
+    target = cfg.entropy_floor * math.log(num_actions)
+    coef = coef * ENT_COEF_STEP if entropy < target else coef / ENT_COEF_STEP
+    return min(max(coef, cfg.ent_coef), max(cfg.ent_coef_max, cfg.ent_coef))
+
+
 class PPOLearner:
-    """Owns the optimizer; :meth:`update` runs the PPO epochs on one full segment."""
+    """Owns the optimizer; :meth:`update` runs the PPO epochs on one full segment. With
+    ``entropy_floor`` set it also owns the entropy coefficient (:func:`next_ent_coef`), checkpointed."""
 
     def __init__(self, agent: LifelongAgent, cfg: PPOConfig, *, compile: bool, seed: int) -> None:
         self.agent = agent
@@ -150,14 +180,17 @@ class PPOLearner:
                                           fused=fused)
         self._loss_fn = torch.compile(ppo_loss, dynamic=False) if compile else ppo_loss
         self.last_grad_norm = 0.0
+        self.ent_coef = float(cfg.ent_coef)
         # minibatch order comes from the learner's own generator (independent of the global RNG)
         self.generator = torch.Generator().manual_seed(seed)
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state()}
+        return {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+                "ent_coef": self.ent_coef}
 
     def load_state_dict(self, sd: dict) -> None:
         self.optimizer.load_state_dict(sd["optimizer"])
+        self.ent_coef = float(sd.get("ent_coef", self.cfg.ent_coef))  # checkpoints before the floor: the fixed one
         self.generator.set_state(sd["generator"].cpu())  # a CPU state, wherever map_location put it
 
     def update(
@@ -181,12 +214,13 @@ class PPOLearner:
         count = 0
         grad_norm = torch.zeros(())
         stop = False
+        ent_coef = torch.tensor(self.ent_coef, device=buf.valid.device)
         for _epoch in range(cfg.update_epochs):
             perm = torch.randperm(num_envs, generator=self.generator).to(buf.valid.device)
             for start in range(0, num_envs, mb_size):
                 # one minibatch of every lifetime: the loss is a mean over all of them, in any order
                 index = None if mb_size == num_envs else perm[start : start + mb_size]
-                loss, stats = self._loss_fn(self.agent, buf, index, advantages, returns, cfg, reset)
+                loss, stats = self._loss_fn(self.agent, buf, index, advantages, returns, cfg, reset, ent_coef)
                 if sampler is not None:
                     sampler.remove()
                 if not torch.isfinite(loss):
@@ -206,6 +240,8 @@ class PPOLearner:
             if stop:
                 break
         result: dict[str, Any] = {k: v / count for k, v in totals.items()}
+        result["losses/ent_coef"] = self.ent_coef  # the coefficient this update used
+        self.ent_coef = next_ent_coef(self.ent_coef, result["losses/entropy"], self.agent.num_actions, cfg)
         valid = buf.valid
         var_ret = returns[valid].var() if valid.sum() > 1 else torch.zeros(())
         result["losses/explained_variance"] = float(

@@ -7,7 +7,7 @@ from agent_fakes import make_collector
 from omegaconf import OmegaConf
 
 from lifelong.agents.buffer import RolloutBuffer
-from lifelong.agents.ppo import PPOConfig, PPOLearner, ppo_loss
+from lifelong.agents.ppo import PPOConfig, PPOLearner, next_ent_coef, ppo_loss
 
 
 def collected(num_envs: int = 3, length: int = 12) -> tuple:
@@ -56,3 +56,38 @@ def test_an_update_moves_the_weights_and_reports_the_losses():
 def test_ppo_config_takes_its_keys_from_the_agent_config():
     cfg = PPOConfig.from_cfg(OmegaConf.create({"d_model": 128, "lr": 1e-3, "update_epochs": 2, "target_kl": None}))
     assert cfg.lr == 1e-3 and cfg.update_epochs == 2 and cfg.target_kl is None
+
+
+def test_without_a_floor_the_entropy_coefficient_is_fixed():
+    cfg = PPOConfig.from_cfg({"ent_coef": 0.01, "entropy_floor": None})
+    assert next_ent_coef(0.01, entropy=0.0, num_actions=7, cfg=cfg) == 0.01
+
+
+def test_the_entropy_floor_raises_the_coefficient_below_it_and_lowers_it_back_above_it():
+    # floor 0.2 of log 7 = 0.389 nats; steps of 1.5x within [0.01, 0.05]
+    cfg = PPOConfig.from_cfg({"ent_coef": 0.01, "entropy_floor": 0.2, "ent_coef_max": 0.05})
+    coef, seen = 0.01, []
+    for _ in range(5):  # a collapsed policy (0.001 nats): 0.015, 0.0225, 0.03375, 0.050625 -> capped 0.05
+        coef = next_ent_coef(coef, entropy=0.001, num_actions=7, cfg=cfg)
+        seen.append(coef)
+    assert seen == pytest.approx([0.015, 0.0225, 0.03375, 0.05, 0.05])
+    coef = next_ent_coef(coef, entropy=0.40, num_actions=7, cfg=cfg)  # just above the floor: back down
+    assert coef == pytest.approx(0.05 / 1.5)
+    for _ in range(10):
+        coef = next_ent_coef(coef, entropy=1.0, num_actions=7, cfg=cfg)
+    assert coef == 0.01  # never below the configured ent_coef
+
+
+def test_the_learner_reports_the_coefficient_it_used_and_checkpoints_the_next_one():
+    agent, buf = collected()
+    cfg = PPOConfig.from_cfg({"update_epochs": 1, "entropy_floor": 1.0, "ent_coef": 0.01})  # always below the floor
+    learner = PPOLearner(agent, cfg, compile=False, seed=0)
+    assert learner.update(buf)["losses/ent_coef"] == 0.01
+    assert learner.update(buf)["losses/ent_coef"] == pytest.approx(0.015)
+    restored = PPOLearner(agent, cfg, compile=False, seed=0)
+    restored.load_state_dict(learner.state_dict())
+    assert restored.ent_coef == pytest.approx(0.0225)
+    old = learner.state_dict()
+    del old["ent_coef"]  # a checkpoint from before the floor existed
+    restored.load_state_dict(old)
+    assert restored.ent_coef == 0.01
