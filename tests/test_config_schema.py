@@ -224,3 +224,13 @@ def test_validation_leaves_the_global_rng_untouched(composed):
     before = torch.random.get_rng_state()
     validate_run_config(cfg)
     assert torch.equal(torch.random.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("experiment", group_choices("experiment"))
+def test_every_shipped_experiment_config_is_valid(composed, experiment):
+    validate_run_config(composed(f"+experiment={experiment}"))
+
+
+def test_the_long_stream_experiment_is_mg_cycle_with_the_entropy_floor(composed):
+    cfg = composed("+experiment=long-stream")
+    assert cfg.stream.name == "mg-cycle" and cfg.agent.entropy_floor == 0.3
