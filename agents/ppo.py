@@ -51,8 +51,8 @@ class PPOConfig:
     num_minibatches: int
     norm_adv: bool
     target_kl: float | None
-    entropy_floor: float | None = None
-    ent_coef_max: float = 1.0
+    entropy_floor: float | None
+    ent_coef_max: float
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any]) -> "PPOConfig":
