@@ -9,7 +9,8 @@ start-up per run) on an equal mixture of pair counts at one sequence length (``-
 ``--seq-len``), tested on each pair count apart, as Zoology trains. Two phases, run by ``--workers``
 processes of ``--threads`` torch threads each:
 
-1. sweep: every mixer at the smallest d_model with each of ``--lrs`` on ``--sweep-seed`` (a seed the
+1. sweep: every mixer at ``--sweep-d-model`` (default: the middle of ``--d-models``, where a mixer is
+   neither sure to fail nor sure to succeed) with each of ``--lrs`` on ``--sweep-seed`` (a seed the
    grid does not report, so the choice is not fitted to the reported test sets); the lr with the
    best mean test accuracy is kept for that mixer (a diverged run counts as 0);
 2. grid: every mixer x ``--d-models`` x ``--seeds`` with its lr, into ``OUT/grid/<mixer>_d<d>_seed<s>``.
@@ -58,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/mqar_grid"))
     p.add_argument("--mixers", nargs="+", default=list(MIXERS), choices=list(MIXERS))
-    p.add_argument("--d-models", nargs="+", type=int, default=[64, 128])
+    p.add_argument("--d-models", nargs="+", type=int, default=[16, 32, 64])
     p.add_argument("--num-layers", type=int, default=2)
     p.add_argument("--num-heads", type=int, default=2, help="heads of every mixer (Zoology uses 1-2 on MQAR)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -66,12 +67,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pairs", nargs="+", type=int, default=[4, 8, 16])
     p.add_argument("--vocab-size", type=int, default=64)
     p.add_argument("--power-a", type=float, default=0.01)
-    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--steps", type=int, default=800)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-train", type=int, default=20000)
     p.add_argument("--num-test", type=int, default=500, help="test sequences per pair count")
-    p.add_argument("--lrs", nargs="+", type=float, default=[0.01, 0.03])
+    p.add_argument("--lrs", nargs="+", type=float, default=[0.003, 0.01])
     p.add_argument("--sweep-seed", type=int, default=100)
+    p.add_argument("--sweep-d-model", type=int, default=None,
+                   help="d_model of the lr sweep (default: the middle of --d-models)")
     p.add_argument("--lola-window", type=int, default=8)
     p.add_argument("--lola-cache", type=int, default=8)
     p.add_argument("--workers", type=int, default=2)
@@ -138,8 +141,16 @@ def _run_jobs(jobs: list[dict[str, Any]], workers: int, t0: float, phase: str) -
     return out
 
 
+def sweep_d_model(args: argparse.Namespace) -> int:
+    """The d_model the lr sweep runs at: ``--sweep-d-model``, else the middle of the sorted ``--d-models``."""
+    if args.sweep_d_model is not None:
+        return args.sweep_d_model
+    ds = sorted(args.d_models)
+    return ds[(len(ds) - 1) // 2]
+
+
 def plan(args: argparse.Namespace) -> tuple[list[dict], int]:
-    sweep_d = min(args.d_models)
+    sweep_d = sweep_d_model(args)
     sweep = []
     for mixer in args.mixers:
         for lr in args.lrs:
@@ -160,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"MQAR grid: mixers {', '.join(args.mixers)}; d_model {args.d_models}, {args.num_layers} layers; "
           f"T={args.seq_len}, pairs {args.pairs} (one mixture per run), vocab {args.vocab_size}; "
           f"{args.steps} steps x batch {args.batch_size}; seeds {args.seeds}; "
-          + (f"lr sweep {args.lrs} (seed {args.sweep_seed}, d_model {min(args.d_models)})" if sweep
+          + (f"lr sweep {args.lrs} (seed {args.sweep_seed}, d_model {sweep_d_model(args)})" if sweep
              else f"lr {args.lrs[0]:g} (no sweep)")
           + f"; {len(sweep)} sweep + {grid_runs} grid runs "
           f"on {args.workers} workers x {args.threads} threads", flush=True)

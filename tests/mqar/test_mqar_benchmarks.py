@@ -42,7 +42,16 @@ def test_every_grid_mixer_makes_a_valid_config_with_its_label(grid):
     assert {"lola-sre", "lola-random", "lola-recency", "mamba2-state2x", "palimpsa"} <= labels
 
 
-@pytest.mark.parametrize("d_model", [64, 128])
+def test_the_lr_sweep_runs_at_the_middle_d_model_unless_told(grid):
+    assert grid.sweep_d_model(grid.parse_args(["--d-models", "64", "16", "32"])) == 32
+    assert grid.sweep_d_model(grid.parse_args(["--d-models", "16", "32"])) == 16
+    assert grid.sweep_d_model(grid.parse_args(["--d-models", "16", "32", "--sweep-d-model", "64"])) == 64
+    sweep, grid_runs = grid.plan(grid.parse_args(["--d-models", "16", "32", "64", "--lrs", "0.003", "0.01"]))
+    assert {job["d_model"] for job in sweep} == {32} and len(sweep) == 2 * len(grid.MIXERS)
+    assert grid_runs == 3 * 3 * len(grid.MIXERS)
+
+
+@pytest.mark.parametrize("d_model", [32, 64])
 def test_mamba2_state2x_has_exactly_palimpsas_state_bytes(grid, d_model):
     args = grid.parse_args([])
     size = {}
