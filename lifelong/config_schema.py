@@ -184,6 +184,10 @@ def check_cross(run: RunConfig) -> None:
     if round(agent.d_model * agent.mlp_ratio) < 1:
         raise ConfigError(f"agent.mlp_ratio={show(agent.mlp_ratio)} x agent.d_model={agent.d_model} rounds to an "
                           "MLP of 0 units: raise agent.mlp_ratio")
+    if agent.entropy_floor is not None and agent.ent_coef_max < agent.ent_coef:
+        raise ConfigError(f"agent.ent_coef_max={show(agent.ent_coef_max)} is below agent.ent_coef="
+                          f"{show(agent.ent_coef)}: the entropy floor raises the coefficient from ent_coef up to "
+                          "ent_coef_max, so set ent_coef_max >= ent_coef")
 
 
 def plain_config(cfg: DictConfig) -> dict[str, Any]:

@@ -151,6 +151,8 @@ def test_a_bad_value_is_refused_in_one_line_naming_the_key_the_value_and_the_ran
 
 
 @pytest.mark.parametrize("overrides, message", [
+    (["agent.entropy_floor=0.3", "agent.ent_coef=0.1", "agent.ent_coef_max=0.05"],
+     "agent.ent_coef_max=0.05 is below agent.ent_coef=0.1"),
     (["memory=gla", "memory.chunk_size=48"], "memory=gla: GLA needs a power-of-two chunk_size (e.g. 16, 32, 64), got 48"),
     (["memory=softmax", "memory.max_cache=0"], "memory=softmax: max_cache must be None"),
     (["memory=mamba2", "memory.dt_min=1.0"], "memory=mamba2: need 0 < dt_min <= dt_max, got dt_min=1.0, dt_max=0.1"),
