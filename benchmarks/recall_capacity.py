@@ -7,14 +7,19 @@
 The supervised view (``lifelong mqar``, ``benchmarks/mqar_grid.py``) trains a model to answer
 queries; here the same mixers sit in the PPO agent of the lifelong loop and the recall stream
 (``configs/stream/recall.yaml``: blocks of tasks with more pairs and longer gaps) rewards a right
-answer. Each run's ``summary.json`` gives, per task, the success measured at the end of the run
-(learning off: ``final_success``) and over its training block (``train_success``), the fraction
-of queries answered right. Pairs recalled = success x queries per episode; chance = 1 / num_values.
-The task's pairs and gap are read from the run's saved configuration.
+answer. Each run's ``summary.json`` gives, per task, the fraction of queries answered right:
+- at the end of the task's own block (``block_success``: its diagonal entry of R, the probe with
+  learning off on the memory the lifetime carries): the capacity figure, as MQAR's test accuracy is
+  the trained model's;
+- at the end of the run (``final_success``: after the later, larger tasks) and over its training
+  block (``train_success``).
+Pairs recalled = success x queries per episode; chance = 1 / num_values. The task's pairs and gap
+are read from the run's saved configuration. Over seeds: mean and 95% Student-t interval
+(``tracking.confidence.mean_ci_over_seeds``), as ``lifelong mqar-report`` gives MQAR's.
 
 Writes ``OUT/recall_capacity.md`` / ``.json`` (one row per mixer, one column per task) and
-``OUT/recall_capacity.png`` (pairs recalled against the gap, one line per mixer). A run whose
-``summary.json`` is finished is not run again.
+``OUT/recall_capacity.png`` (fraction recalled at the block end against the gap, one line and band
+per mixer). A run whose ``summary.json`` is finished is not run again.
 """
 from __future__ import annotations
 
@@ -91,6 +96,7 @@ def recall_rows(run_dir: Path) -> list[dict[str, Any]]:
     cfg = OmegaConf.to_container(saved_config(run_dir), resolve=True)
     stream = cfg["stream"]
     num_values = _num((stream.get("recall_vocab") or {}).get("num_values"))
+    own_block = block_end_success(summary)
     rows = []
     for task, figures in summary["tasks"].items():
         recall = ((stream.get("tasks") or {}).get(task) or {}).get("recall")
@@ -101,11 +107,30 @@ def recall_rows(run_dir: Path) -> list[dict[str, Any]]:
         final = _num(figures.get("final_success", figures.get("success")))
         rows.append({
             "task": task, "num_pairs": pairs, "gap": gap, "queries": queries,
+            "block_success": own_block.get(task, math.nan),
             "final_success": final, "train_success": _num(figures.get("train_success")),
-            "pairs_recalled": final * queries, "chance": 1.0 / num_values if num_values else math.nan,
+            "pairs_recalled": own_block.get(task, math.nan) * queries, "final_pairs_recalled": final * queries, "chance": 1.0 / num_values if num_values else math.nan,
             "episodes": figures.get("episodes"),
         })
     return rows
+
+
+def block_end_success(summary: dict[str, Any]) -> dict[str, float]:
+    """task -> its entry of R at the end of the last block that trained it (R's diagonal on a stream
+    that visits each task once): ``R[k][j]`` with ``R_block_tasks[k]`` the task of column ``j``."""
+    names, matrix, block_tasks = summary.get("task_names") or [], summary.get("R") or [], summary.get("R_block_tasks") or []
+    out: dict[str, float] = {}
+    for row, task in zip(matrix, block_tasks):
+        if task in names:
+            out[task] = _num(row[names.index(task)])
+    return out
+
+
+def seed_ci(values: list[float]) -> tuple[float, float, float]:
+    """(mean, low, high) over seeds: 95% Student-t (low = high = nan with one seed)."""
+    from lifelong.tracking.confidence import mean_ci_over_seeds
+
+    return mean_ci_over_seeds(values)
 
 
 def collect(out: Path) -> list[dict[str, Any]]:
@@ -128,15 +153,19 @@ def table(records: list[dict[str, Any]]) -> str:
         cells = []
         for p, g, t in tasks:
             vals = [r for r in mine if r["task"] == t]
-            recalled = [r["pairs_recalled"] for r in vals if math.isfinite(r["pairs_recalled"])]
-            train = [r["train_success"] for r in vals if math.isfinite(r["train_success"])]
-            cells.append(f"{sum(recalled) / len(recalled):.2f} / {p} (train {sum(train) / len(train):.2f})"
-                         if recalled else "-")
+            mean, low, high = seed_ci([r["pairs_recalled"] for r in vals])
+            final, _, _ = seed_ci([r["final_pairs_recalled"] for r in vals])
+            if not math.isfinite(mean):
+                cells.append("-")
+                continue
+            band = f" [{max(low, 0.0):.2f}, {min(high, p):.2f}]" if math.isfinite(low) else ""
+            cells.append(f"{mean:.2f}{band} / {p} (end {final:.2f})")
         lines.append("| " + " | ".join([mixer, str(len({r["seed"] for r in mine})), *cells]) + " |")
     chance = next((r["chance"] for r in records if math.isfinite(r["chance"])), math.nan)
-    return ("\n".join(lines) + f"\n\nCells: pairs recalled at the end of the run (final success, learning off, x "
-            f"queries) / pairs stored, mean over seeds; train: success over the task's training block. "
-            f"Chance success: {chance:.3f}.\n")
+    return ("\n".join(lines) + f"\n\nCells: pairs recalled at the end of the task's own block (its entry of R: "
+            f"probe success, learning off, memory carried, x queries), mean [95% t-interval over seeds] / pairs "
+            f"stored; end: the same at the end of the run, after the larger tasks. "
+            f"Chance: {chance:.3f} x the queries.\n")
 
 
 def plot(records: list[dict[str, Any]], path: Path) -> Path:
@@ -149,15 +178,22 @@ def plot(records: list[dict[str, Any]], path: Path) -> Path:
     for mixer in [m for m in MIXERS if any(r["mixer"] == m for r in records)]:
         points: dict[int, list[float]] = {}
         for r in records:
-            if r["mixer"] == mixer and math.isfinite(r["final_success"]):
-                points.setdefault(r["gap"], []).append(r["final_success"])
+            if r["mixer"] == mixer and math.isfinite(r["block_success"]):
+                points.setdefault(r["gap"], []).append(r["block_success"])
         gaps = sorted(points)
-        ax.plot(gaps, [sum(points[g]) / len(points[g]) for g in gaps], "--" if mixer.startswith("lola") else "-",
-                marker="o", label=mixer)
+        stats = [seed_ci(points[g]) for g in gaps]
+        line, = ax.plot(gaps, [m for m, _, _ in stats], "--" if mixer.startswith("lola") else "-", marker="o",
+                        label=mixer)
+        if all(math.isfinite(lo) for _, lo, _ in stats):
+            ax.fill_between(gaps, [lo for _, lo, _ in stats], [hi for _, _, hi in stats], color=line.get_color(),
+                            alpha=0.15)
+    chance = next((r["chance"] for r in records if math.isfinite(r["chance"])), math.nan)
+    if math.isfinite(chance):
+        ax.axhline(chance, color="grey", lw=0.8, ls=":", label="chance")
     tasks = sorted({(r["gap"], r["num_pairs"]) for r in records})
     ax.set_xticks([g for g, _ in tasks], [f"{g}\nP={p}" for g, p in tasks])
     ax.set_xlabel("gap between writes and queries (pairs stored)")
-    ax.set_ylabel("fraction of queries recalled (end of run)")
+    ax.set_ylabel("fraction of queries recalled (end of its block)")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -62,19 +62,37 @@ def test_mamba2_state2x_has_exactly_palimpsas_state_bytes(grid, d_model):
     assert size["mamba2-state2x"] == size["palimpsa"] == 2 * size["mamba2"]
 
 
-def test_the_recall_probe_reads_pairs_and_gap_from_the_run(tmp_path):
-    recall = load("recall_capacity")
-    run = tmp_path / "gated_deltanet_seed0"
+def _recall_run(root, seed: int, block_p8: float):
+    run = root / f"gated_deltanet_seed{seed}"
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "config.yaml").write_text(
         "stream:\n  recall_vocab: {num_keys: 32, num_values: 16}\n  tasks:\n"
         "    p2-g0: {recall: {num_pairs: 2, gap: 0}}\n    p8-g8: {recall: {num_pairs: 8, gap: 8}}\n")
-    (run / "summary.json").write_text(json.dumps({"finished": True, "tasks": {
-        "p2-g0": {"final_success": 1.0, "train_success": 0.9, "episodes": 10},
-        "p8-g8": {"final_success": 0.25, "train_success": 0.2, "episodes": 5}}}))
+    # R: row k = the probe at the end of block k (block 0 trains p2-g0, block 1 trains p8-g8)
+    (run / "summary.json").write_text(json.dumps({
+        "finished": True, "task_names": ["p2-g0", "p8-g8"], "R_block_tasks": ["p2-g0", "p8-g8"],
+        "R": [[1.0, 0.0625], [0.5, block_p8]],
+        "tasks": {"p2-g0": {"final_success": 0.5, "train_success": 0.9, "episodes": 10},
+                  "p8-g8": {"final_success": block_p8, "train_success": 0.2, "episodes": 5}}}))
+    return run
+
+
+def test_the_recall_probe_reads_each_task_at_the_end_of_its_own_block(tmp_path):
+    recall = load("recall_capacity")
+    _recall_run(tmp_path, 0, 0.25)
     rows = {r["task"]: r for r in recall.collect(tmp_path)}
+    # p2-g0 was recalled fully at its block end (R[0][0] = 1.0) and half at the run's end (R[1][0])
+    assert rows["p2-g0"]["block_success"] == 1.0 and rows["p2-g0"]["pairs_recalled"] == 2.0
+    assert rows["p2-g0"]["final_pairs_recalled"] == 1.0 and rows["p2-g0"]["chance"] == 1 / 16
     assert rows["p8-g8"]["pairs_recalled"] == 2.0 and rows["p8-g8"]["gap"] == 8
-    assert rows["p2-g0"]["pairs_recalled"] == 2.0 and rows["p2-g0"]["chance"] == 1 / 16
     assert rows["p2-g0"]["mixer"] == "gated_deltanet" and rows["p2-g0"]["seed"] == 0
-    md = recall.table(list(rows.values()))
-    assert "| gated_deltanet | 1 | 2.00 / 2 (train 0.90) | 2.00 / 8 (train 0.20) |" in md
+
+
+def test_the_recall_table_gives_the_mean_and_t_interval_over_seeds(tmp_path):
+    recall = load("recall_capacity")
+    _recall_run(tmp_path, 0, 0.25)
+    _recall_run(tmp_path, 1, 0.75)
+    md = recall.table(recall.collect(tmp_path))
+    # p8-g8: pairs recalled 2 and 6 -> mean 4, sd 2.83, t_{0.975,1} = 12.71 -> +-25.4, clipped to [0, 8]
+    assert "| gated_deltanet | 2 | 2.00 [2.00, 2.00] / 2 (end 1.00) | 4.00 [0.00, 8.00] / 8 (end 4.00) |" in md
+    assert recall.plot(recall.collect(tmp_path), tmp_path / "r.png").stat().st_size > 0
