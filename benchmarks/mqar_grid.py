@@ -19,7 +19,8 @@ One value in ``--lrs`` skips the sweep (that lr for every mixer).
 
 A run whose ``results.json`` exists is not run again, so a killed grid continues where it stopped;
 the smaller d_model runs go first, so a grid stopped early holds complete d_model slices.
-The defaults are sized for about an hour on 2 CPU cores; the elapsed time is printed and written to
+The defaults took 67 min on 2 CPU cores (2026-11-29, README "Results: associative recall"); a
+smaller grid: fewer ``--d-models`` or ``--seeds``; the elapsed time is printed and written to
 ``OUT/grid.json`` with the plan and the chosen learning rates. LoLA runs with selection sre, random
 and recency at the same window and cache (``--lola-window``, ``--lola-cache``).
 """
