@@ -4,6 +4,7 @@
     python benchmarks/mixers_cpu.py --T 256 1024 --naive-max-T 1024 --threads 2
     python benchmarks/mixers_cpu.py --steps-only --H 4 --D 32 --mixers gated_deltanet lola --step-rounds 9 --step-threads 1
                                                     # acting: LoLA's step against Gated DeltaNet's, one run
+    python benchmarks/mixers_cpu.py --steps-only ... --compile      # the same through torch.compile (compile=true)
 
 Prints one table per run (family, T, chunked ms, naive ms, speed-up) and the per-token ``step``
 latency of each mixer layer for a batch of 8 lifetimes (d_model = H * D).
@@ -102,9 +103,11 @@ def time_fwd_bwd(op: Callable, tensors: Inputs, consts: dict, repeats: int) -> f
 
 
 def time_layer_steps(batch: int, d_model: int, num_heads: int, repeats: int = 200, names: list[str] | None = None,
-                     rounds: int = 1) -> dict[str, float]:
+                     rounds: int = 1, compile: bool = False) -> dict[str, float]:
     """Microseconds per ``step`` of each configured mixer layer (inference mode, as when acting), the
-    median over ``rounds`` rounds that visit the mixers in turn (drift hits all alike)."""
+    median over ``rounds`` rounds that visit the mixers in turn (drift hits all alike). ``compile``:
+    each layer's step through ``torch.compile(dynamic=False)``, as ``compile=true`` compiles the agent's
+    acting step (compiled during the warm-up, not timed)."""
     from lifelong.memory_layers.registry import available_mixers, build_mixer, load_memory_config
 
     layers = {}
@@ -114,19 +117,20 @@ def time_layer_steps(batch: int, d_model: int, num_heads: int, repeats: int = 20
         mixer = build_mixer(cfg, d_model).eval()
         state = mixer.init_state(batch, "cpu")
         x = torch.randn(batch, d_model)
+        step = torch.compile(mixer.step, dynamic=False) if compile else mixer.step
         with torch.inference_mode():
             for _ in range(64):  # past LoLA's window and cache: evictions every step
-                _, state = mixer.step(x, state)
-        layers[name] = (mixer, state, x)
+                _, state = step(x, state)
+        layers[name] = (step, state, x)
     times: dict[str, list[float]] = {name: [] for name in layers}
     with torch.inference_mode():
         for _ in range(rounds):
-            for name, (mixer, state, x) in layers.items():
+            for name, (step, state, x) in layers.items():
                 start = time.perf_counter()
                 for _ in range(repeats):
-                    _, state = mixer.step(x, state)
+                    _, state = step(x, state)
                 times[name].append((time.perf_counter() - start) / repeats * 1e6)
-                layers[name] = (mixer, state, x)
+                layers[name] = (step, state, x)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -144,6 +148,7 @@ def main() -> None:
     parser.add_argument("--mixers", nargs="*", default=None, help="mixers for the step table (default: all)")
     parser.add_argument("--step-rounds", type=int, default=1, help="interleaved rounds of the step table (median)")
     parser.add_argument("--step-threads", type=int, default=None, help="torch threads of the step table (default: --threads)")
+    parser.add_argument("--compile", action="store_true", help="the step table through torch.compile (as compile=true acts)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -153,12 +158,14 @@ def main() -> None:
         run_sequence_table(args, console)
     if args.step_threads:
         torch.set_num_threads(args.step_threads)
-    steps = Table(title=f"layer step latency, batch 8, d_model={args.H * args.D}, {args.H} heads, "
+    steps = Table(title=f"layer step latency{' (torch.compile)' if args.compile else ''}, batch 8, "
+                        f"d_model={args.H * args.D}, {args.H} heads, "
                         f"{torch.get_num_threads()} threads (us; median of {args.step_rounds} rounds)")
     steps.add_column("memory")
     steps.add_column("us / step", justify="right")
     steps.add_column("/ gated_deltanet", justify="right")
-    micros = time_layer_steps(8, args.H * args.D, args.H, names=args.mixers, rounds=args.step_rounds)
+    micros = time_layer_steps(8, args.H * args.D, args.H, names=args.mixers, rounds=args.step_rounds,
+                              compile=args.compile)
     for name, t in micros.items():
         ratio = f"{t / micros['gated_deltanet']:.2f}" if "gated_deltanet" in micros else "-"
         steps.add_row(name, f"{t:.0f}", ratio)
