@@ -3,8 +3,11 @@
 Each mixer runs one lifetime stream (``--stream``, ``--num-envs`` lifetimes, learning on: the rollout
 collector and the PPO learner of ``benchmarks/throughput.py``) for ``--steps`` env steps (summed over
 the lifetimes), in its own process so that its resident memory (RSS) is its own. At 10^4, 10^5 and
-10^6 steps (the first segment end at or past each) it reports the steps/s and the CPU time per step
-of the window since the previous mark, the process RSS and the bytes of the memory state. Every configs/memory/*.yaml but
+10^6 steps (the first segment end at or past each) it reports, for the window since the previous
+mark: the steps/s, the CPU time per step, the wall time per step split into the env's step, acting
+and learning, and the episodes ended per 1,000 steps; and the process RSS and the bytes of the memory
+state. Acting + learning is the mixer's own cost; the env's share moves with the episode lengths
+(resets cost more than steps), which change as the agent learns. Every configs/memory/*.yaml but
 ``softmax`` and ``sliding_window`` is parametric (its state has a fixed size); ``softmax`` runs with
 its cache cap off (``max_cache=null``) to show a state, a cost and an RSS that grow, for
 ``--growing-steps`` (10^5 by default: its state alone would pass 16 GB at 10^6 steps).
@@ -91,8 +94,13 @@ def worker(args: argparse.Namespace) -> None:
     import warnings
 
     warnings.simplefilter("ignore")  # the uncapped softmax never warns; others have nothing to say here
+    collect_s = learn_s = 0.0  # this window's, wall seconds
+    episodes = 0
     while marks:
-        loop.segment()
+        dt_collect, dt_learn = loop.segment()
+        collect_s += dt_collect
+        learn_s += dt_learn
+        episodes += int(loop.buffer.done.sum())
         steps += loop.steps_per_segment
         now = time.perf_counter()
         if steps >= next_progress:
@@ -100,11 +108,23 @@ def worker(args: argparse.Namespace) -> None:
                   f"RSS {rss_bytes() / 2**20:7.1f} MiB  {now - start:7.0f} s", file=sys.stderr, flush=True)
             next_progress += args.progress_every
         if steps >= marks[0]:
+            t = time.perf_counter()
             loop.finish()
             now = time.perf_counter()
+            learn_s += now - t
             cpu = time.process_time()
+            window = steps - last_steps
             print(json.dumps({"mixer": name, "mark": marks[0], "steps": steps,
-                              "window_steps_per_s": (steps - last_steps) / (now - last),
+                              "window_steps_per_s": window / (now - last),
+                              # where the window's wall time went, per env step: the env's own step
+                              # (resets included), acting (the rest of collecting: the memory's fused
+                              # step, the heads, conversions) and learning (the chunked form, PPO)
+                              "window_ms_per_step": {"env": 1e3 * loop.env_seconds / window,
+                                                     "acting": 1e3 * (collect_s - loop.env_seconds) / window,
+                                                     "learning": 1e3 * learn_s / window},
+                              # episodes ended per 1,000 env steps: resets cost more than steps, so a
+                              # window of short episodes costs more per step for the same mixer
+                              "window_episodes_per_1k": 1e3 * episodes / window,
                               # CPU time per env step: what the mixer costs, less sensitive than steps/s
                               # to the other jobs of a shared machine
                               "window_cpu_ms_per_step": 1e3 * (cpu - last_cpu) / (steps - last_steps),
@@ -112,6 +132,8 @@ def worker(args: argparse.Namespace) -> None:
                               "state_mib": state_nbytes(loop.collector.memory) / 2**20,
                               "wall_s": now - start}), flush=True)
             last, last_steps, last_cpu = now, steps, cpu
+            collect_s = learn_s = loop.env_seconds = 0.0
+            episodes = 0
             while marks and steps >= marks[0]:
                 marks.pop(0)
 
@@ -160,24 +182,32 @@ def main() -> None:
 
 
 def print_table(rows: list[dict], args: argparse.Namespace) -> None:
-    """The rows, with each window's CPU time per step relative to the mixer's first window (10^4)."""
+    """The rows, with each window's CPU time per step, and its acting + learning time per step (the
+    loop without the env), relative to the mixer's first window (10^4)."""
     print(f"\nconstant cost: stream {args.stream}, {args.num_envs} lifetimes, segment {args.segment}, "
           f"{args.epochs} epochs, d_model {args.d_model} x {args.layers} layers, {args.threads} threads; "
-          "steps/s and CPU ms per step of the window ending at the mark; 'vs first': that CPU time over "
-          "the mixer's first window's")
-    print(f"{'mixer':<26} {'steps':>9} {'steps/s':>9} {'cpu ms/step':>12} {'vs first':>9} {'RSS MiB':>9} "
-          f"{'state MiB':>10}")
-    first: dict[str, float] = {}
+          "per window ending at the mark: steps/s, CPU ms per step, acting + learning ms per step (the "
+          "loop less the env's step), episodes per 1k steps; 'vs first': over the mixer's first window")
+    print(f"{'mixer':<26} {'steps':>9} {'steps/s':>9} {'cpu ms/step':>12} {'vs first':>9} {'act+learn':>10} "
+          f"{'vs first':>9} {'eps/1k':>7} {'RSS MiB':>9} {'state MiB':>10}")
+    first: dict[str, tuple[float | None, float | None]] = {}
     for r in rows:
         if "error" in r:
             print(f"{r['mixer']:<26} {r['error']}")
             continue
         cpu = r.get("window_cpu_ms_per_step")
-        base = first.setdefault(r["mixer"], cpu) if cpu is not None else None
-        ratio = "-" if cpu is None or not base else f"{cpu / base:.3f}"
-        print(f"{r['mixer']:<26} {r['steps']:>9,d} {r['window_steps_per_s']:>9.1f} "
-              f"{'-' if cpu is None else f'{cpu:.3f}':>12} {ratio:>9} {r['rss_mib']:>9.1f} {r['state_mib']:>10.2f}")
+        split = r.get("window_ms_per_step")
+        model = split["acting"] + split["learning"] if split else None
+        base_cpu, base_model = first.setdefault(r["mixer"], (cpu, model))
 
+        def ratio(x: float | None, base: float | None) -> str:
+            return "-" if x is None or not base else f"{x / base:.3f}"
+
+        eps = r.get("window_episodes_per_1k")
+        print(f"{r['mixer']:<26} {r['steps']:>9,d} {r['window_steps_per_s']:>9.1f} "
+              f"{'-' if cpu is None else f'{cpu:.3f}':>12} {ratio(cpu, base_cpu):>9} "
+              f"{'-' if model is None else f'{model:.3f}':>10} {ratio(model, base_model):>9} "
+              f"{'-' if eps is None else f'{eps:.1f}':>7} {r['rss_mib']:>9.1f} {r['state_mib']:>10.2f}")
 
 if __name__ == "__main__":
     main()

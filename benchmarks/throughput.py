@@ -70,6 +70,16 @@ class Loop:
             self.learner = OverlappedLearner(self.agent, ppo_cfg, compile=compile, seed=seed)
         else:
             self.learner = PPOLearner(self.agent, ppo_cfg, compile=compile, seed=seed)
+        self.env_seconds = 0.0  # time inside the vector env's step, summed (acting = collect - this)
+        raw_step = self.env.step
+
+        def timed_step(actions):
+            t = time.perf_counter()
+            out = raw_step(actions)
+            self.env_seconds += time.perf_counter() - t
+            return out
+
+        self.env.step = timed_step
         self.collector = RolloutCollector(self.env, self.agent, "never", self.device, acting_threads=acting_threads)
         self.collector.reset(seed=seed)
         self.buffer = RolloutBuffer(num_envs, segment, self.device)
@@ -114,26 +124,15 @@ def main() -> None:
     loop = Loop(num_envs=args.num_envs, d_model=args.d_model, layers=args.layers, memory=args.memory,
                 segment=args.segment, epochs=args.epochs, lr=args.lr, compile=args.compile, device=args.device,
                 acting_threads=args.acting_threads or None, overlap=args.overlap)
-    env, buf = loop.env, loop.buffer
+    buf = loop.buffer
 
-    # time env stepping apart from acting by wrapping the vector env's step
-    env_time = [0.0]
-    raw_step = env.step
-
-    def timed_step(actions):
-        t = time.perf_counter()
-        out = raw_step(actions)
-        env_time[0] += time.perf_counter() - t
-        return out
-
-    env.step = timed_step
     t_collect = t_learn = 0.0
     episodes = successes = 0
     win_episodes = win_successes = 0
     start = time.perf_counter()
     for i in range(args.warmup + args.segments):
         if i == args.warmup:
-            env_time[0], t_collect, t_learn, episodes, successes = 0.0, 0.0, 0.0, 0, 0
+            loop.env_seconds, t_collect, t_learn, episodes, successes = 0.0, 0.0, 0.0, 0, 0
         dt_collect, dt_learn = loop.segment()
         t_collect += dt_collect
         t_learn += dt_learn
@@ -154,8 +153,8 @@ def main() -> None:
     result = {
         "steps_per_s": round(steps / total, 1),
         "ms_per_env_step": {
-            "env": round(1e3 * env_time[0] / steps, 4),
-            "acting": round(1e3 * (t_collect - env_time[0]) / steps, 4),
+            "env": round(1e3 * loop.env_seconds / steps, 4),
+            "acting": round(1e3 * (t_collect - loop.env_seconds) / steps, 4),
             "learning": round(1e3 * t_learn / steps, 4),
         },
         "config": {k: v for k, v in vars(args).items()},
