@@ -127,7 +127,7 @@ def worker(args: argparse.Namespace) -> None:
                               "window_episodes_per_1k": 1e3 * episodes / window,
                               # CPU time per env step: what the mixer costs, less sensitive than steps/s
                               # to the other jobs of a shared machine
-                              "window_cpu_ms_per_step": 1e3 * (cpu - last_cpu) / (steps - last_steps),
+                              "window_cpu_ms_per_step": 1e3 * (cpu - last_cpu) / window,
                               "rss_mib": rss_bytes() / 2**20,
                               "state_mib": state_nbytes(loop.collector.memory) / 2**20,
                               "wall_s": now - start}), flush=True)
@@ -191,6 +191,10 @@ def print_table(rows: list[dict], args: argparse.Namespace) -> None:
     print(f"{'mixer':<26} {'steps':>9} {'steps/s':>9} {'cpu ms/step':>12} {'vs first':>9} {'act+learn':>10} "
           f"{'vs first':>9} {'eps/1k':>7} {'RSS MiB':>9} {'state MiB':>10}")
     first: dict[str, tuple[float | None, float | None]] = {}
+
+    def ratio(x: float | None, base: float | None) -> str:
+        return "-" if x is None or not base else f"{x / base:.3f}"
+
     for r in rows:
         if "error" in r:
             print(f"{r['mixer']:<26} {r['error']}")
@@ -199,15 +203,12 @@ def print_table(rows: list[dict], args: argparse.Namespace) -> None:
         split = r.get("window_ms_per_step")
         model = split["acting"] + split["learning"] if split else None
         base_cpu, base_model = first.setdefault(r["mixer"], (cpu, model))
-
-        def ratio(x: float | None, base: float | None) -> str:
-            return "-" if x is None or not base else f"{x / base:.3f}"
-
         eps = r.get("window_episodes_per_1k")
         print(f"{r['mixer']:<26} {r['steps']:>9,d} {r['window_steps_per_s']:>9.1f} "
               f"{'-' if cpu is None else f'{cpu:.3f}':>12} {ratio(cpu, base_cpu):>9} "
               f"{'-' if model is None else f'{model:.3f}':>10} {ratio(model, base_model):>9} "
               f"{'-' if eps is None else f'{eps:.1f}':>7} {r['rss_mib']:>9.1f} {r['state_mib']:>10.2f}")
+
 
 if __name__ == "__main__":
     main()
