@@ -329,22 +329,24 @@ def task_table(groups: Sequence[Group]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def adaptation_table(groups: Sequence[Group], k: int = ADAPTATION_K) -> pd.DataFrame:
+def adaptation_table(groups: Sequence[Group], k: int = ADAPTATION_K, switches: str = "online") -> pd.DataFrame:
     """Per group: the mean return of the k-th training episode after a task switch (``summary.json``'s
-    ``adaptation.online``, k = 1..``k``), mean over seeds with ``_low`` / ``_high`` (95% Student-t
-    interval across seeds); in-context adaptation shows as a return that rises with k."""
+    ``adaptation.<switches>``: ``online`` over every switch of the lifetime, ``online_later_half`` over
+    the later half of them; k = 1..``k``), mean over seeds with ``_low`` / ``_high`` (95% Student-t
+    interval across seeds); in-context adaptation shows as a return that rises with k. A run without
+    the figure (a summary from before ``online_later_half`` existed) counts as missing."""
     rows = []
     for group in groups:
         rec: dict[str, Any] = {"group": group.label, "seeds": group.seeds}
         for i in range(k):
-            values = [_num(((r.get("adaptation") or {}).get("online") or [math.nan] * k)[i]
-                           if i < len((r.get("adaptation") or {}).get("online") or []) else math.nan) for r in group.runs]
+            values = [_num(((r.get("adaptation") or {}).get(switches) or [math.nan] * k)[i]
+                           if i < len((r.get("adaptation") or {}).get(switches) or []) else math.nan) for r in group.runs]
             rec[f"episode_{i + 1}"], rec[f"episode_{i + 1}_low"], rec[f"episode_{i + 1}_high"] = mean_ci_over_seeds(values, _LEVEL)
         rows.append(rec)
     return pd.DataFrame(rows)
 
 
-def _adaptation_markdown(table: pd.DataFrame, k: int = ADAPTATION_K) -> str:
+def _adaptation_markdown(table: pd.DataFrame, k: int = ADAPTATION_K, switches: str = "every switch of the lifetime") -> str:
     head = ["group", "seeds", *(f"episode {i}" for i in range(1, k + 1))]
     lines = [_md_row(head), "|" + "---|" * len(head)]
     for _, row in table.iterrows():
@@ -354,8 +356,16 @@ def _adaptation_markdown(table: pd.DataFrame, k: int = ADAPTATION_K) -> str:
             cells.append("-" if not math.isfinite(mean) else
                          f"{mean:.3f} ± {(high - low) / 2:.3f}" if math.isfinite(low) else f"{mean:.3f} (n=1)")
         lines.append(_md_row([str(row["group"]), str(int(row["seeds"])), *cells]))
-    return "\n".join(lines) + ("\n\nmean return of the k-th training episode after a task switch (every switch of the "
-                               "lifetime), mean ± half-width of the 95% Student-t interval across seeds.\n")
+    return "\n".join(lines) + (f"\n\nmean return of the k-th training episode after a task switch ({switches}), "
+                               "mean ± half-width of the 95% Student-t interval across seeds.\n")
+
+
+def adaptation_markdown(groups: Sequence[Group], k: int = ADAPTATION_K) -> str:
+    """``compare_adaptation.md``: the k-th-episode returns over every switch of the lifetime (learning
+    included), then over the later half of the switches (the trained agent)."""
+    return ("## every switch of the lifetime\n\n" + _adaptation_markdown(adaptation_table(groups, k), k)
+            + "\n## the later half of the switches\n\n"
+            + _adaptation_markdown(adaptation_table(groups, k, "online_later_half"), k, "the later half of the lifetime's switches"))
 
 
 def plot_in_context(groups: Sequence[Group], png: str | Path) -> Path | None:
@@ -748,7 +758,7 @@ def compare(paths: Sequence[str | Path], out_dir: str | Path) -> Comparison:
         figures.append(plot_probe_curves(members, out / name, title))
     heatmap = plot_R(groups, out / "compare_R.png")
     files += [*figures, heatmap]
-    files.append(atomic_write_text(out / "compare_adaptation.md", _adaptation_markdown(adaptation_table(groups))))
+    files.append(atomic_write_text(out / "compare_adaptation.md", adaptation_markdown(groups)))
     in_context = plot_in_context(groups, out / "compare_in_context.png")
     if in_context is not None:
         files.append(in_context)

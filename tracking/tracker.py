@@ -643,10 +643,16 @@ class Tracker:
             self._scalar(f"in_context/{name}/recovery_episodes", result[name]["recovery_episodes"], step)
 
     # ---- final figures ---------------------------------------------------------------------
-    def _adaptation_online(self) -> list[float]:
+    def _adaptation_online(self, later_half: bool = False) -> list[float]:
+        """Mean return of the k-th training episode after a switch, k = 1..adaptation_k, averaged over the
+        lifetime's switches (each block but the first); ``later_half``: over the later half of them only
+        (the middle one included when their count is odd), the agent's adaptation once it has trained."""
         sums = [0.0] * self.adaptation_k
         counts = [0] * self.adaptation_k
-        for block in self._blocks[1:]:  # the first block follows no switch
+        switches = self._blocks[1:]  # the first block follows no switch
+        if later_half:
+            switches = switches[len(switches) // 2:]
+        for block in switches:
             for k in range(self.adaptation_k):
                 if block["adapt_count"][k]:
                     sums[k] += block["adapt_sum"][k] / block["adapt_count"][k]
@@ -708,7 +714,8 @@ class Tracker:
             "baseline": self.baseline().tolist(),
             "probe_curves": self.probe_curves(),
             "transfer": {},
-            "adaptation": {"online": online, "frozen": frozen},
+            "adaptation": {"online": online, "online_later_half": self._adaptation_online(later_half=True),
+                           "frozen": frozen},
             "in_context": self._replay,
             "revisits": self._revisits,
             "blocks": blocks,

@@ -249,6 +249,8 @@ def test_in_context_adaptation_averages_the_kth_episode_return_over_switches(fin
     # blocks after a switch: B (episode e succeeds from e=2) and A revisit (from e=6); k = 1..3 -> e = 0..2
     expected = [np.mean([0.5 * _s + 0.01 * e for _s in (float(e >= 2), 0.0)]) for e in range(3)]
     assert summary["adaptation"]["online"] == pytest.approx(expected)
+    # the later half of the two switches is the A revisit alone: no success in its first 3 episodes
+    assert summary["adaptation"]["online_later_half"] == pytest.approx([0.0, 0.01, 0.02])
     assert summary["adaptation"]["frozen"][:2] == pytest.approx([0.1, 0.3])
 
 
