@@ -263,3 +263,25 @@ def test_groups_from_different_streams_get_one_curve_figure_per_stream(tmp_path)
     for name in ("compare_slippery.png", "compare_smoke.png", "compare_R.png"):
         assert (tmp_path / "out" / name).read_bytes()[:8] == PNG_MAGIC
     assert not (tmp_path / "out" / "compare.png").exists()
+
+
+def test_compare_adaptation_md_gives_every_switch_then_the_later_half_with_t_intervals(tmp_path):
+    # k-th episode returns of 3 seeds, hand-chosen: over every switch and over the later half
+    online = {0: [0.2, 0.4, 0.5, 0.6, 0.6], 1: [0.2, 0.5, 0.6, 0.6, 0.7], 2: [0.2, 0.6, 0.7, 0.6, 0.8]}
+    later = {0: [0.1, 0.7, 0.8, 0.9, 0.9], 1: [0.1, 0.8, 0.9, 0.9, 0.9], 2: [0.1, 0.9, 1.0, 0.9, 0.9]}
+    for seed in range(3):
+        path = tmp_path / "runs" / f"gdn_s{seed}"
+        summary = write_summary(path, "gated_deltanet", seed, keep=0.9, acc=0.5)
+        summary["adaptation"] = {"online": online[seed], "online_later_half": later[seed], "frozen": []}
+        (path / "summary.json").write_text(json.dumps(summary))
+    write_summary(tmp_path / "runs" / "mamba_s0", "mamba2", 0, keep=0.5, acc=0.3)  # a summary without the figures
+    compare([tmp_path / "runs"], tmp_path / "out")
+    text = (tmp_path / "out" / "compare_adaptation.md").read_text()
+    every, later_half = text.split("## the later half of the switches")
+    # episode 2 over every switch: 0.4, 0.5, 0.6 -> mean 0.5, sd 0.1, half-width t_2 * 0.1 / sqrt(3)
+    assert f"0.500 ± {T_2 * 0.1 / math.sqrt(3):.3f}" in every
+    # episode 2 over the later half: 0.7, 0.8, 0.9 -> 0.8, the same half-width; episode 1 constant: 0 width
+    assert f"| 0.100 ± 0.000 | 0.800 ± {T_2 * 0.1 / math.sqrt(3):.3f} |" in later_half
+    assert "0.800" not in every and "the later half of the lifetime's switches" in later_half
+    mamba_row = next(line for line in later_half.splitlines() if line.startswith("| mamba2"))
+    assert mamba_row.count("| -") == 5  # no figures: shown as missing, not as zeros
