@@ -59,6 +59,22 @@ TASK_RUNS = "tasks"  # <run_dir>/tasks/<task>: each task's TensorBoard run
 TRACKER_STATE_VERSION = 3  # 3: synchronous blocks, every probe episode kept
 
 
+#: block ends drawn as the probe-curve image while the lifetime is young (then ever sparser, below)
+PROBE_FIGURE_BASE = 8
+
+
+def draws_probe_figure(block_ends: int, base: int = PROBE_FIGURE_BASE) -> bool:
+    """Whether the ``block_ends``-th block end (1-based) redraws ``probes/success_over_lifetime``: every
+    one below ``2 * base``, then every 2nd below ``4 * base``, every 4th below ``8 * base``, and so on,
+    so n blocks draw about ``base * (1 + log2(n / base))`` images (each takes ~0.5-1 s and grows with
+    the probes drawn; a 250-block stream drawn at every block end spent most of its wall time there).
+    The lifetime's last probe is always drawn (``finalize``)."""
+    stride = 1
+    while block_ends >= 2 * base * stride:
+        stride *= 2
+    return block_ends % stride == 0
+
+
 def _nanmean(values: Sequence[float]) -> float:
     arr = np.asarray([v for v in values if v is not None], dtype=float)
     arr = arr[np.isfinite(arr)]
@@ -214,6 +230,7 @@ class Tracker:
         self._blocks: list[dict] = []          # ordered by index; see _new_block
         self._curves: dict[int, EpisodeCurve] = {}
         self._probes: list[dict] = []          # every probe: see _record_probe
+        self._figure_step: int | None = None   # the step of the newest probe-curve image
         self._revisits: list[dict] = []
         self._frozen_sum = [0.0] * self.adaptation_k
         self._frozen_count = [0] * self.adaptation_k
@@ -494,7 +511,8 @@ class Tracker:
                 self._scalar(f"cl/{name}", figures[name], step)
             for task, value in zip(self.task_names, figures["forgetting_per_task"]):
                 self._task_scalar(task, "cl/forgetting", value, step)
-            self._log_probe_figure(step)
+            if draws_probe_figure(sum(p["block_end"] is not None for p in self._probes)):
+                self._log_probe_figure(step)
         if self.probe_every > 0:
             self._next_probe = (step // self.probe_every + 1) * self.probe_every
 
@@ -616,6 +634,7 @@ class Tracker:
     def _log_probe_figure(self, step: int) -> None:
         """The probe success of every task over the lifetime, blocks shaded by task, as a TensorBoard
         image (``probes/success_over_lifetime``): an image is not smoothed, unlike a scalar marker."""
+        self._figure_step = step
         figure = probe_curve_figure(self.probe_curves(), self._block_spans(), self.task_names,
                                     title=f"{self.run_dir.name}: probe success (95% CI) by task")
         self.tb.figure("probes/success_over_lifetime", figure, step)
@@ -745,6 +764,8 @@ class Tracker:
             self._maybe_log_revisit(self._blocks[-1], step, force=True)
             self._flush_adaptation(self._blocks[-1], step)
         summary = self.summary()
+        if self._probes and self._figure_step != max(p["step"] for p in self._probes):
+            self._log_probe_figure(max(p["step"] for p in self._probes))  # the last probe, if skipped
         final = summary["cl"]
         for name in (*_FINAL_TAGS, "forgetting_cw", "forward_transfer_cw"):
             self._scalar(f"cl/{name}", final[name], step)

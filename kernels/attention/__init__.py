@@ -25,7 +25,9 @@ from lifelong.kernels.attention.reference import (
     sliding_window_attn_step as _sliding_window_attn_step_torch, softmax_attn_reference,
     softmax_attn_step as _softmax_attn_step_torch,
 )
+from lifelong.kernels.attention import step_cpp
 from lifelong.kernels.attention.step import lola_attn_step_fast
+from lifelong.kernels.attention.step_cpp import lola_attn_step_cpp
 from lifelong.kernels.attention.states import (
     SELECTIONS, KVCache, LoLAState, WindowCache, empty_kv_cache, empty_lola_state, empty_window_cache,
 )
@@ -126,13 +128,15 @@ def lola_attn_step(
 ) -> tuple[torch.Tensor, LoLAState]:
     """One token of :func:`lola_attn`: q, k ``[B, H, K]``, v ``[B, H, V]`` -> o ``[B, H, V]``.
 
-    Without autograd (acting) it runs ``step.lola_attn_step_fast``: the same decisions and state as
-    the reference step (``reference.lola_attn_step``, used under autograd) with fewer, cheaper ops."""
+    Without autograd (acting) it runs one C++ call on the CPU (``step_cpp.lola_attn_step_cpp``) or
+    ``step.lola_attn_step_fast`` elsewhere (or where C++ cannot be built): the same decisions and state
+    as the reference step (``reference.lola_attn_step``, used under autograd) with fewer, cheaper ops."""
     op_guard(backend, q, _check_lola, q, k, v, state, window, cache_size, selection, single_token=True)
     if not torch.is_grad_enabled():
         if state is None:
             state = empty_lola_state(q.shape[0], q.shape[1], k.shape[-1], v.shape[-1], window, cache_size, q.device)
-        return lola_attn_step_fast(
+        step = lola_attn_step_cpp if step_cpp.usable(q) else lola_attn_step_fast
+        return step(
             q, k, v, state, window=window, cache_size=cache_size, gate=_gate_tensor(gate, q.shape[1], q),
             selection=selection, scale=scale,
         )

@@ -1,4 +1,5 @@
-"""LoLA's fast acting step (``kernels/attention/step.py``) against the reference step.
+"""LoLA's fast acting steps (``kernels/attention/step.py``, and its C++ form ``step_cpp.py``)
+against the reference step.
 
 Over long streams, for every selection and for windows and caches of every kind (none, one pair,
 full), the fast step must leave bit-identical states (the same decisions from the same recall
@@ -12,7 +13,11 @@ import torch
 
 from lifelong.kernels.attention import empty_lola_state, lola_attn_step
 from lifelong.kernels.attention.reference import lola_attn_step as reference_step
+from lifelong.kernels.attention import step_cpp
 from lifelong.kernels.attention.step import lola_attn_step_fast
+from lifelong.kernels.attention.step_cpp import lola_attn_step_cpp
+
+STEPS = {"python": lola_attn_step_fast, "cpp": lola_attn_step_cpp}
 
 
 def stream(t: int, b: int = 3, h: int = 2, d: int = 16, seed: int = 21) -> list[torch.Tensor]:
@@ -20,9 +25,13 @@ def stream(t: int, b: int = 3, h: int = 2, d: int = 16, seed: int = 21) -> list[
     return [torch.randn(b, t, h, d, generator=gen) for _ in range(3)]
 
 
+@pytest.mark.parametrize("form", ["python", "cpp"])
 @pytest.mark.parametrize("selection", ["sre", "recency", "random"])
 @pytest.mark.parametrize("window,cache_size", [(8, 8), (0, 5), (4, 0), (0, 0), (3, 1)])
-def test_fast_step_takes_the_reference_steps_decisions_bit_for_bit(selection, window, cache_size):
+def test_fast_step_takes_the_reference_steps_decisions_bit_for_bit(form, selection, window, cache_size):
+    if form == "cpp" and step_cpp.extension() is None:
+        pytest.skip(f"the C++ step cannot be built here: {step_cpp.failure()}")
+    fast_step = STEPS[form]
     q, k, v = stream(t=150)
     gate = torch.tensor([0.3, 0.6])
     ref = fast = empty_lola_state(3, 2, 16, 16, window, cache_size)
@@ -30,10 +39,10 @@ def test_fast_step_takes_the_reference_steps_decisions_bit_for_bit(selection, wi
     with torch.inference_mode():
         for t in range(q.shape[1]):
             o_ref, ref = reference_step(q[:, t], k[:, t], v[:, t], ref, **kwargs)
-            o_fast, fast = lola_attn_step_fast(q[:, t], k[:, t], v[:, t], fast, **kwargs)
+            o_fast, fast = fast_step(q[:, t], k[:, t], v[:, t], fast, **kwargs)
             torch.testing.assert_close(o_fast, o_ref, rtol=1e-5, atol=1e-5)
     for name, a, b in zip(ref._fields, ref, fast):
-        assert torch.equal(a, b), f"state.{name} differs"
+        assert a.dtype == b.dtype and torch.equal(a, b), f"state.{name} differs"
     if cache_size:
         assert ref.cache_valid.all()  # the stream filled the cache: evictions were decided
 
@@ -50,3 +59,33 @@ def test_the_op_acts_with_the_fast_step_and_learns_with_the_reference():
     assert q_leaf.grad is not None
     torch.testing.assert_close(o_act, o_learn.detach())
     assert all(torch.equal(a, b.detach()) for a, b in zip(s_act, s_learn))
+
+
+def test_the_op_acts_in_cpp_on_the_cpu_unless_switched_off(monkeypatch):
+    if step_cpp.extension() is None:
+        pytest.skip(f"the C++ step cannot be built here: {step_cpp.failure()}")
+    q, k, v = stream(t=1)
+    assert step_cpp.usable(q) is False  # autograd on: the reference step learns
+    with torch.inference_mode():
+        assert step_cpp.usable(q) is True
+        monkeypatch.setenv(step_cpp.ENV_SWITCH, "0")
+        assert step_cpp.usable(q) is False and step_cpp.extension() is None
+
+
+def test_a_failed_build_warns_once_and_the_python_step_acts(monkeypatch):
+    def no_compiler():
+        raise RuntimeError("Error building extension: g++ not found")
+    monkeypatch.setattr(step_cpp, "_module", None)
+    monkeypatch.setattr(step_cpp, "_failure", None)
+    monkeypatch.setattr(step_cpp, "_build", no_compiler)
+    q, k, v = stream(t=1)
+    state = empty_lola_state(3, 2, 16, 16, 4, 3)
+    kwargs = dict(window=4, cache_size=3, gate=torch.tensor([0.3, 0.6]))
+    with torch.inference_mode():
+        with pytest.warns(RuntimeWarning, match="g\\+\\+ not found.*Python step"):
+            o, new = lola_attn_step(q[:, 0], k[:, 0], v[:, 0], state, **kwargs)
+        o_fast, fast = lola_attn_step_fast(q[:, 0], k[:, 0], v[:, 0], state, **kwargs)
+    assert torch.equal(o, o_fast) and all(torch.equal(a, b) for a, b in zip(new, fast))
+    assert "g++ not found" in step_cpp.failure()
+    with pytest.raises(RuntimeError, match="not available"):
+        lola_attn_step_cpp(q[:, 0], k[:, 0], v[:, 0], state, **kwargs)

@@ -17,7 +17,7 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 
 from lifelong.tracking.blocks import BlockLedger
 from lifelong.tracking.confidence import entry_ci
-from lifelong.tracking.tracker import Tracker, apply_reference_runs
+from lifelong.tracking.tracker import Tracker, apply_reference_runs, draws_probe_figure
 
 from tracker_settings import TEST_BOOTSTRAP, make_tracker, tracker_config
 
@@ -145,6 +145,13 @@ def test_the_probe_curve_figure_is_redrawn_at_every_block_end(finished):
     acc = EventAccumulator(str(run_dir), size_guidance={"images": 0}).Reload()
     assert "probes/success_over_lifetime" in acc.Tags()["images"]
     assert [image.step for image in acc.Images("probes/success_over_lifetime")] == [120, 240, 360]
+
+
+def test_the_probe_curve_figure_thins_out_over_a_long_lifetime():
+    drawn = [b for b in range(1, 251) if draws_probe_figure(b, base=8)]
+    assert drawn[:16] == list(range(1, 16)) + [16]                 # every block end while young
+    assert [b for b in drawn if 16 <= b < 64] == [*range(16, 32, 2), *range(32, 64, 4)]
+    assert drawn[-3:] == [208, 224, 240] and len(drawn) == 15 + 8 * 4  # 250 block ends: 47 images
 
 
 def test_hparams_are_written_into_the_run_with_the_final_metrics(finished):
