@@ -84,6 +84,9 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     name = args.worker
+    if name.startswith("lola"):  # LoLA's C++ acting step: its one-off build must not count in the first window
+        from lifelong.kernels.attention.step_cpp import extension
+        extension()
     mixer, overrides = (("softmax", {"max_cache": None}) if name == UNCAPPED_SOFTMAX else (name, None))
     loop = Loop(num_envs=args.num_envs, d_model=args.d_model, layers=args.layers, memory=mixer, segment=args.segment,
                 epochs=args.epochs, memory_overrides=overrides, stream=args.stream, overlap=args.overlap)
