@@ -338,9 +338,9 @@ def adaptation_table(groups: Sequence[Group], k: int = ADAPTATION_K, switches: s
     rows = []
     for group in groups:
         rec: dict[str, Any] = {"group": group.label, "seeds": group.seeds}
+        per_run = [(r.get("adaptation") or {}).get(switches) or [] for r in group.runs]
         for i in range(k):
-            values = [_num(((r.get("adaptation") or {}).get(switches) or [math.nan] * k)[i]
-                           if i < len((r.get("adaptation") or {}).get(switches) or []) else math.nan) for r in group.runs]
+            values = [_num(returns[i]) if i < len(returns) else math.nan for returns in per_run]
             rec[f"episode_{i + 1}"], rec[f"episode_{i + 1}_low"], rec[f"episode_{i + 1}_high"] = mean_ci_over_seeds(values, _LEVEL)
         rows.append(rec)
     return pd.DataFrame(rows)

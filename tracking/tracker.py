@@ -764,8 +764,9 @@ class Tracker:
             self._maybe_log_revisit(self._blocks[-1], step, force=True)
             self._flush_adaptation(self._blocks[-1], step)
         summary = self.summary()
-        if self._probes and self._figure_step != max(p["step"] for p in self._probes):
-            self._log_probe_figure(max(p["step"] for p in self._probes))  # the last probe, if skipped
+        last_probe = max((p["step"] for p in self._probes), default=None)
+        if last_probe is not None and self._figure_step != last_probe:
+            self._log_probe_figure(last_probe)  # the last probe, if its block end drew no image
         final = summary["cl"]
         for name in (*_FINAL_TAGS, "forgetting_cw", "forward_transfer_cw"):
             self._scalar(f"cl/{name}", final[name], step)

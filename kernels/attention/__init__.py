@@ -27,7 +27,6 @@ from lifelong.kernels.attention.reference import (
 )
 from lifelong.kernels.attention import step_cpp
 from lifelong.kernels.attention.step import lola_attn_step_fast
-from lifelong.kernels.attention.step_cpp import lola_attn_step_cpp
 from lifelong.kernels.attention.states import (
     SELECTIONS, KVCache, LoLAState, WindowCache, empty_kv_cache, empty_lola_state, empty_window_cache,
 )
@@ -135,7 +134,7 @@ def lola_attn_step(
     if not torch.is_grad_enabled():
         if state is None:
             state = empty_lola_state(q.shape[0], q.shape[1], k.shape[-1], v.shape[-1], window, cache_size, q.device)
-        step = lola_attn_step_cpp if step_cpp.usable(q) else lola_attn_step_fast
+        step = step_cpp.lola_attn_step_cpp if step_cpp.usable(q) else lola_attn_step_fast
         return step(
             q, k, v, state, window=window, cache_size=cache_size, gate=_gate_tensor(gate, q.shape[1], q),
             selection=selection, scale=scale,
