@@ -21,6 +21,7 @@ from lifelong.agents.guard import DivergenceGuard
 from lifelong.agents.loop import Lifetime, LifetimeSettings
 from lifelong.agents.policy import LifelongAgent
 from lifelong.agents.ppo import OverlappedLearner, PPOConfig, PPOLearner
+from lifelong.agents.process_learner import ProcessLearner
 from lifelong.agents.rollout import RolloutCollector, sub_env_attr
 from lifelong.config_schema import resolve_device
 from lifelong.envs.make import make_replay_env, make_task_env, make_vector_env
@@ -107,6 +108,24 @@ def hparams(cfg: DictConfig, settings: LifetimeSettings) -> dict[str, Any]:
     return {**info["config"], "seed": info["seed"], "config_key": info["config_key"]}
 
 
+OVERLAP_CHOICES = (False, True, "thread", "process")
+
+
+def make_learner(agent: LifelongAgent, cfg: PPOConfig, overlap: bool | str, *, compile: bool,
+                 seed: int) -> PPOLearner | OverlappedLearner | ProcessLearner:
+    """The learner ``agent.overlap`` names: ``false`` learns between segments (:class:`PPOLearner`);
+    ``thread`` (or ``true``) on a second thread and ``process`` in a second process, one update
+    behind the acting (:class:`OverlappedLearner`, :class:`ProcessLearner`: the same lifetime for a
+    seed, the process one faster, as the two do not share an interpreter lock)."""
+    if overlap not in OVERLAP_CHOICES:
+        raise ValueError(f"agent.overlap={overlap!r}: choose one of false, true (= thread), thread, process")
+    if overlap is False:
+        return PPOLearner(agent, cfg, compile=compile, seed=seed)
+    if overlap == "process":
+        return ProcessLearner(agent, cfg, compile=compile, seed=seed)
+    return OverlappedLearner(agent, cfg, compile=compile, seed=seed)
+
+
 def build_lifetime(cfg: DictConfig, run_dir: Path | str) -> Lifetime:
     """The lifetime ``cfg`` describes (keys of ``configs/config.yaml``), writing into ``run_dir``
     (TensorBoard logs, summary.json, checkpoints/). Raises ValueError / TypeError on a bad config."""
@@ -130,10 +149,7 @@ def build_lifetime(cfg: DictConfig, run_dir: Path | str) -> Lifetime:
     if compile_:
         agent.compile_acting()
     ppo_cfg = PPOConfig.from_cfg(agent_cfg)
-    if bool(agent_cfg.get("overlap", False)):
-        learner = OverlappedLearner(agent, ppo_cfg, compile=compile_, seed=seed)
-    else:
-        learner = PPOLearner(agent, ppo_cfg, compile=compile_, seed=seed)
+    learner = make_learner(agent, ppo_cfg, agent_cfg.get("overlap", False), compile=compile_, seed=seed)
     acting_threads = agent_cfg.acting_threads
     collector = RolloutCollector(vec_env, agent, str(cfg.memory.reset_on), device,
                                  None if acting_threads is None else int(acting_threads))

@@ -9,7 +9,7 @@ the medians and the per-round ratios (lifelong / PPO-MLP, lifelong / RecurrentPP
     pip install -e '.[bench]'                       # stable-baselines3 and sb3-contrib
     python benchmarks/anchors.py --threads 2        # eager
     python benchmarks/anchors.py --threads 2 --compile
-    python benchmarks/anchors.py --threads 2 --overlap   # learner on the second core (see --help)
+    python benchmarks/anchors.py --threads 2 --overlap   # learner in a second process, on the second core
 
 SB3 sees the stream's observation flattened (the 7x7x3 view as floats and a one-hot direction) and
 keeps its defaults otherwise (``MlpPolicy`` 64-64 tanh, minibatches of ``--sb3-batch-size`` = 64,
@@ -138,8 +138,9 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--memory", default="gated_deltanet")
     p.add_argument("--compile", action="store_true", help="torch.compile the project's acting step and learner")
-    p.add_argument("--overlap", action="store_true",
-                   help="the project's loop learns from segment k on a second thread while acting segment k+1")
+    p.add_argument("--overlap", nargs="?", const="process", default=False, choices=["thread", "process"],
+                   help="the project's loop learns from segment k in a second process (the default) or thread "
+                        "while acting segment k+1 (agent.overlap)")
     p.add_argument("--acting-threads", type=int, default=1, help="the project's torch threads while acting")
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
     args = p.parse_args()
@@ -169,7 +170,7 @@ def main() -> None:
     medians = {name: round(statistics.median(v), 1) for name, v in rates.items()}
     ratios = {f"lifelong / {name}": spread([a / b for a, b in zip(rates["lifelong"], rates[name])])
               for name in names[1:]}
-    mode = ("compile" if args.compile else "eager") + (", overlap" if args.overlap else "")
+    mode = ("compile" if args.compile else "eager") + (f", overlap={args.overlap}" if args.overlap else "")
     mode += f", OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}"
     print(f"\nmedian env steps/s ({mode}, {args.threads} threads, {args.num_envs} envs, segment {args.segment}, "
           f"{args.epochs} epochs): " + ", ".join(f"{k} {v:,.0f}" for k, v in medians.items()))

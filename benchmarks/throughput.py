@@ -45,10 +45,11 @@ class Loop:
     def __init__(self, *, num_envs: int = 8, d_model: int = 128, layers: int = 2, memory: str = "gated_deltanet",
                  segment: int = 128, epochs: int = 4, lr: float = 3e-4, compile: bool = False, device: str = "cpu",
                  acting_threads: int | None = 1, seed: int = 0, memory_overrides: dict | None = None,
-                 overlap: bool = False, stream: str | None = None) -> None:
+                 overlap: bool | str = False, stream: str | None = None) -> None:
         from lifelong.agents.buffer import RolloutBuffer
+        from lifelong.agents.build import make_learner
         from lifelong.agents.policy import LifelongAgent
-        from lifelong.agents.ppo import OverlappedLearner, PPOConfig, PPOLearner
+        from lifelong.agents.ppo import PPOConfig
         from lifelong.agents.rollout import RolloutCollector
         from lifelong.envs.make import load_stream_config, make_vector_env
         from lifelong.memory_layers.registry import load_memory_config
@@ -66,10 +67,8 @@ class Loop:
             self.agent.compile_acting()
         ppo_cfg = PPOConfig.from_cfg({"lr": lr, "update_epochs": epochs})
         self.overlap = overlap
-        if overlap:  # learning on its own thread (and core), one update behind the acting
-            self.learner = OverlappedLearner(self.agent, ppo_cfg, compile=compile, seed=seed)
-        else:
-            self.learner = PPOLearner(self.agent, ppo_cfg, compile=compile, seed=seed)
+        # overlap: learning on its own thread or process (and core), one update behind the acting
+        self.learner = make_learner(self.agent, ppo_cfg, overlap, compile=compile, seed=seed)
         self.env_seconds = 0.0  # time inside the vector env's step, summed (acting = collect - this)
         raw_step = self.env.step
 
@@ -99,6 +98,12 @@ class Loop:
         if self.overlap:
             self.learner.finish()
 
+    def close(self) -> None:
+        """Stop a learner process (``overlap="process"``)."""
+        close = getattr(self.learner, "close", None)
+        if close is not None:
+            close()
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,8 +117,9 @@ def main() -> None:
     p.add_argument("--segments", type=int, default=20, help="timed segments (after --warmup)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--overlap", action="store_true",
-                   help="learn from segment k on a second thread while acting segment k+1 (agents.ppo.OverlappedLearner)")
+    p.add_argument("--overlap", nargs="?", const="process", default=False, choices=["thread", "process"],
+                   help="learn from segment k on a second process (the default) or thread while acting segment k+1 "
+                        "(agent.overlap)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--acting-threads", type=int, default=1, help="torch threads while acting (0: same as --threads)")

@@ -27,11 +27,11 @@ class Allowed:
     high: float | None = None
     low_open: bool = False
     high_open: bool = False
-    choices: tuple[str, ...] = ()
+    choices: tuple[Any, ...] = ()  # strings, or a bool among them (agent.overlap: false, true, thread, process)
 
     def admits(self, value: Any) -> bool:
         if self.choices:
-            return value in self.choices
+            return any(type(value) is type(c) and value == c for c in self.choices)  # true is not 1
         if isinstance(value, float) and math.isnan(value):
             return False
         if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
@@ -40,7 +40,7 @@ class Allowed:
 
     def __str__(self) -> str:
         if self.choices:
-            return f"one of {', '.join(self.choices)}"
+            return f"one of {', '.join(map(show_choice, self.choices))}"
         if self.high is None:
             return f"{'>' if self.low_open else '>='} {show(self.low)}"
         if self.low is None:
@@ -60,7 +60,7 @@ def between(low: float, high: float, high_open: bool = False) -> Allowed:
     return Allowed(low=low, high=high, high_open=high_open)
 
 
-def one_of(*choices: str) -> Allowed:
+def one_of(*choices: Any) -> Allowed:
     return Allowed(choices=tuple(choices))
 
 
@@ -78,6 +78,11 @@ def show(value: Any) -> str:
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         return str(int(value))
     return str(value) if isinstance(value, (int, float)) else repr(value)
+
+
+def show_choice(value: Any) -> str:
+    """A choice in a list of choices: a string bare, anything else as :func:`show` writes it."""
+    return value if isinstance(value, str) else show(value)
 
 
 def conforms(value: Any, annotation: Any) -> bool:
@@ -123,7 +128,7 @@ def check_value(key: str, value: Any, annotation: Any, rule: Allowed | None) -> 
     if value is None or rule is None or rule.admits(value):
         return
     if rule.choices:
-        raise ConfigError(f"{key}={show(value)} is unknown: choose {key} from {', '.join(rule.choices)}")
+        raise ConfigError(f"{key}={show(value)} is unknown: choose {key} from {', '.join(map(show_choice, rule.choices))}")
     raise ConfigError(f"{key}={show(value)} is out of range: {key} must be {rule}")
 
 

@@ -102,7 +102,7 @@ class AgentConfig:
     norm_adv: bool = allowed()
     target_kl: float | None = allowed(above(0))         # null: no early stop
     acting_threads: int | None = allowed(at_least(1))   # null: every thread
-    overlap: bool = allowed()                           # learner on a second thread (OverlappedLearner)
+    overlap: bool | str = allowed(one_of(False, True, "thread", "process"))  # agents.build.make_learner
     entropy_floor: float | None = allowed(between(0, 1))  # fraction of log|A|; null: a fixed ent_coef
     ent_coef_max: float = allowed(at_least(0))          # the floor's coefficient stays within [ent_coef, this]
 

@@ -11,6 +11,7 @@
 * :class:`FakeTracker` and :class:`FakeProber`: record every call of the lifetime's tracker and
   prober protocols.
 * :func:`make_collector`: a small agent acting in CueEnvs (the fake mixer or a real one).
+* :func:`cue_run`: the weights after some PPO updates on CueEnvs with a given ``agent.overlap``.
 * :func:`fake_lifetime`: a small Lifetime on a CueStream with the fakes above;
   :func:`compose_config`: the real Hydra config, for lifetimes built by ``build_lifetime``.
 """
@@ -29,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lifelong.agents.buffer import RolloutBuffer
-from lifelong.agents.build import lifetime_settings, seed_everything
+from lifelong.agents.build import lifetime_settings, make_learner, seed_everything
 from lifelong.agents.loop import Lifetime, LifetimeTracker, Prober
 from lifelong.agents.policy import LifelongAgent
 from lifelong.agents.ppo import PPOConfig, PPOLearner
@@ -105,6 +106,42 @@ def make_collector(name: str = "decay", reset_on: str = "never", num_envs: int =
     collector = RolloutCollector(env, agent, reset_on)
     collector.reset(seed)
     return agent, collector
+
+
+def cue_run(overlap: bool | str, segments: int, seed: int = 0, resume_at: int | None = None):
+    """(weights, per-update statistics) after ``segments`` updates on the cue task with the learner
+    ``agent.overlap`` names; with ``resume_at`` the learner and agent are saved after that many and
+    restored into fresh objects (the envs and collector continue)."""
+    torch.manual_seed(seed)
+    env = gym.vector.SyncVectorEnv([lambda: CueEnv(delay=1) for _ in range(4)])
+    make = lambda: LifelongAgent(env.single_observation_space, env.single_action_space,  # noqa: E731
+                                 memory_cfg("gated_deltanet"), 16, 1, 2.0)
+    agent = make()
+    cfg = PPOConfig.from_cfg({"lr": 3e-3, "update_epochs": 2})
+    learner = make_learner(agent, cfg, overlap, compile=False, seed=seed)
+    collector = RolloutCollector(env, agent, reset_on="never")
+    collector.reset(seed)
+    buf = RolloutBuffer(4, 8)
+    stats = []
+    for i in range(segments):
+        if i == resume_at:
+            sd_agent, sd_learner = copy.deepcopy(agent.state_dict()), copy.deepcopy(learner.state_dict())
+            agent.load_state_dict(make().state_dict())  # scrambled, then restored
+            close = getattr(learner, "close", None)
+            if close is not None:
+                close()
+            learner = make_learner(agent, cfg, overlap, compile=False, seed=seed + 1)
+            learner.load_state_dict(sd_learner)
+            agent.load_state_dict(sd_agent)
+        collector.collect(buf)
+        stats.append(learner.update(buf))
+    if overlap:
+        learner.finish()
+    close = getattr(learner, "close", None)
+    if close is not None:
+        close()
+    torch.set_num_threads(1)
+    return [p.detach().clone() for p in agent.parameters()], stats
 
 
 class CueEnv(gym.Env):

@@ -14,6 +14,7 @@ from agent_fakes import compose_config
 import lifelong.agents.checkpoint as ckpt
 from lifelong.agents.build import build_lifetime
 from lifelong.agents.ppo import OverlappedLearner
+from lifelong.agents.process_learner import ProcessLearner
 
 
 def test_a_checkpoint_round_trips_tensors_rng_states_and_nested_dicts(tmp_path):
@@ -174,13 +175,14 @@ def test_a_real_lifetime_resumed_from_a_mid_way_checkpoint_ends_with_the_same_su
     assert json.loads((tmp_path / "resumed" / "probes.json").read_text()) == full_probes
 
 
-def test_an_overlapped_lifetime_is_reproducible_and_resumes_from_a_checkpoint_identically(tmp_path):
-    """``agent.overlap=true``: the learner trains on a second thread one segment behind; the run still
-    gives one lifetime per seed, and a resumed one ends where the uninterrupted one does."""
-    config = lambda: compose_config(*real_config_overrides(), "agent.overlap=true")  # noqa: E731
+@pytest.mark.parametrize("overlap, learner", [("true", OverlappedLearner), ("process", ProcessLearner)])
+def test_an_overlapped_lifetime_is_reproducible_and_resumes_from_a_checkpoint_identically(tmp_path, overlap, learner):
+    """``agent.overlap=true`` (a second thread) or ``process``: the learner trains one segment behind;
+    the run still gives one lifetime per seed, and a resumed one ends where the uninterrupted one does."""
+    config = lambda: compose_config(*real_config_overrides(), f"agent.overlap={overlap}")  # noqa: E731
     first = build_lifetime(config(), tmp_path / "first")
     summary = first.run(progress=False)
-    assert isinstance(first.learner, OverlappedLearner)
+    assert isinstance(first.learner, learner)
     again = build_lifetime(config(), tmp_path / "again").run(progress=False)
     assert comparable(again) == comparable(summary)
     paths = first.checkpoints.paths()

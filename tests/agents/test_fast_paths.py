@@ -11,24 +11,19 @@
 """
 from __future__ import annotations
 
-import copy
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from agent_fakes import CueEnv, memory_cfg
+from agent_fakes import cue_run, memory_cfg
 from gymnasium import spaces
 
-from lifelong.agents.buffer import RolloutBuffer
 from lifelong.agents.encoders import DEDUPE_MIN_ROWS, build_encoder
 from lifelong.agents.policy import LifelongAgent
-from lifelong.agents.ppo import OverlappedLearner, PPOConfig, PPOLearner
-from lifelong.agents.rollout import RolloutCollector
 from lifelong.memory_layers.state import tree_leaves
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,36 +112,6 @@ def test_distinct_views_are_embedded_once_with_the_same_values_and_gradients():
     torch.testing.assert_close(out, per_row)
     (per_row * grad_out).sum().backward()
     torch.testing.assert_close(dedup_grad, enc.table.grad, rtol=1e-4, atol=1e-5)  # summed in another order
-
-
-def cue_run(overlap: bool, segments: int, seed: int = 0, resume_at: int | None = None):
-    """Weights after ``segments`` updates on the cue task; with ``resume_at`` the learner and agent are
-    saved after that many and restored into fresh objects (the envs and collector continue)."""
-    torch.manual_seed(seed)
-    env = gym.vector.SyncVectorEnv([lambda: CueEnv(delay=1) for _ in range(4)])
-    make = lambda: LifelongAgent(env.single_observation_space, env.single_action_space,  # noqa: E731
-                                 memory_cfg("gated_deltanet"), 16, 1, 2.0)
-    agent = make()
-    cfg = PPOConfig.from_cfg({"lr": 3e-3, "update_epochs": 2})
-    learner_cls = OverlappedLearner if overlap else PPOLearner
-    learner = learner_cls(agent, cfg, compile=False, seed=seed)
-    collector = RolloutCollector(env, agent, reset_on="never")
-    collector.reset(seed)
-    buf = RolloutBuffer(4, 8)
-    stats = []
-    for i in range(segments):
-        if i == resume_at:
-            sd_agent, sd_learner = copy.deepcopy(agent.state_dict()), copy.deepcopy(learner.state_dict())
-            agent.load_state_dict(make().state_dict())  # scrambled, then restored
-            learner = learner_cls(agent, cfg, compile=False, seed=seed + 1)
-            learner.load_state_dict(sd_learner)
-            agent.load_state_dict(sd_agent)
-        collector.collect(buf)
-        stats.append(learner.update(buf))
-    if overlap:
-        learner.finish()
-    torch.set_num_threads(1)
-    return [p.detach().clone() for p in agent.parameters()], stats
 
 
 def test_the_overlapped_learner_is_reproducible_by_seed_and_one_update_behind():

@@ -155,6 +155,26 @@ def test_sigterm_stops_gracefully_with_its_own_exit_status(tmp_path):
     assert "stopped by SIGTERM" in stderr and "lifelong resume" in stderr
 
 
+def test_a_ctrl_c_to_the_whole_process_group_stops_a_process_learner_run_gracefully(tmp_path):
+    """A terminal's Ctrl-C reaches every process of its group: with ``agent.overlap=process`` the
+    learner process ignores it, answers the acting process's checkpoint and exits with it."""
+    run_dir = tmp_path / "run"
+    code = _main("run", *RUN, f"hydra.run.dir={run_dir}", "agent.overlap=process")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _wait_for_checkpoint_after(proc, run_dir, None)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "stopped by SIGINT" in stderr
+    group = subprocess.run(["ps", "-o", "stat=,args=", "-g", str(proc.pid)], capture_output=True, text=True).stdout
+    running = [line for line in group.splitlines() if line.strip() and not line.split()[0].startswith("Z")]
+    assert running == [], group  # the learner process exited too (an exited one unreaped by init is fine)
+    result = lifelong("resume", str(run_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run_dir / "summary.json").read_text())["finished"] is True
+
+
 def test_an_error_after_start_up_is_one_line_naming_the_last_checkpoint(tmp_path):
     fault = (
         "from lifelong.agents.ppo import PPOLearner\n"
