@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from lifelong.agents.buffer import RolloutBuffer
+from lifelong.agents.buffer import RolloutBuffer, compute_gae
 from lifelong.agents.policy import LifelongAgent
 from lifelong.config_files import group_dir
 from lifelong.memory_layers.state import tree_map
@@ -77,11 +77,19 @@ def ppo_loss(
     cfg: PPOConfig,
     reset: torch.Tensor | None,
     ent_coef: torch.Tensor | None = None,
+    prox_log_prob: torch.Tensor | None = None,
+    old_value: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped PPO loss on the lifetimes ``index`` of ``buf`` (whole segments; None: all of them).
     Returns the loss and detached statistics. advantages/returns ``[B, T]``; filler tokens are masked out.
     ``ent_coef`` (a 0-d tensor, so a compiled loss does not recompile when it changes): the entropy
-    bonus's weight, by default ``cfg.ent_coef``."""
+    bonus's weight, by default ``cfg.ent_coef``.
+
+    ``prox_log_prob`` ``[B, T]`` (the lagged learners): the decoupled objective of Hilton, Cobbe and
+    Schulman 2021 ("Batch size-invariance for policy optimization", eq. 2): the ratio is taken to the
+    proximal policy (the learner's weights when the update starts) and clipped there, and each token
+    is weighted by proximal / behaviour probability (the acting weights were one update older).
+    ``old_value`` ``[B, T]``: the values the value clipping is anchored to (default: the acted ones)."""
     take = (lambda t: t) if index is None else (lambda t: t[index])  # None: every lifetime, no copies
     obs = {k: take(v) for k, v in buf.obs.items()}
     memory = tree_map(take, buf.memory_start)
@@ -90,18 +98,26 @@ def ppo_loss(
     valid = take(buf.valid)
     action = take(buf.action)
     new_logp = out.log_probs.gather(-1, action.unsqueeze(-1)).squeeze(-1)
-    log_ratio = new_logp - take(buf.log_prob)
+    behaviour_logp = take(buf.log_prob)
+    if prox_log_prob is None:
+        log_ratio = new_logp - behaviour_logp
+        weight = None
+    else:
+        prox = take(prox_log_prob)
+        log_ratio = new_logp - prox
+        weight = (prox - behaviour_logp).exp()
     ratio = log_ratio.exp()
     adv = take(advantages)
     if cfg.norm_adv:
         mean = masked_mean(adv, valid)
         std = masked_mean((adv - mean) ** 2, valid).sqrt()
         adv = (adv - mean) / (std + 1e-8)
-    pg_loss = masked_mean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)), valid)
+    pg_terms = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef))
+    pg_loss = masked_mean(pg_terms if weight is None else weight * pg_terms, valid)
     value = out.value
     ret = take(returns)
     if cfg.clip_vloss:
-        old_value = take(buf.value)
+        old_value = take(buf.value if old_value is None else old_value)
         clipped = old_value + (value - old_value).clamp(-cfg.clip_coef, cfg.clip_coef)
         v_loss = 0.5 * masked_mean(torch.max((value - ret) ** 2, (clipped - ret) ** 2), valid)
     else:
@@ -171,9 +187,11 @@ class PPOLearner:
     """Owns the optimizer; :meth:`update` runs the PPO epochs on one full segment. With
     ``entropy_floor`` set it also owns the entropy coefficient (:func:`next_ent_coef`), checkpointed."""
 
-    def __init__(self, agent: LifelongAgent, cfg: PPOConfig, *, compile: bool, seed: int) -> None:
+    def __init__(self, agent: LifelongAgent, cfg: PPOConfig, *, compile: bool, seed: int,
+                 decoupled: bool = False) -> None:
         self.agent = agent
         self.cfg = cfg
+        self.decoupled = decoupled  # the lagged learners': see ppo_loss and proximal_targets
         params = [p for p in agent.parameters() if p.requires_grad]
         fused = all(p.device.type in ("cpu", "cuda") for p in params)
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
@@ -193,6 +211,21 @@ class PPOLearner:
         self.ent_coef = float(sd.get("ent_coef", self.cfg.ent_coef))  # checkpoints before the floor: the fixed one
         self.generator.set_state(sd["generator"].cpu())  # a CPU state, wherever map_location put it
 
+    @torch.no_grad()
+    def proximal_targets(
+        self, buf: RolloutBuffer, reset: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For a segment acted by older weights: (log-probs of the taken actions, values, advantages,
+        returns), each ``[B, T]``, under the weights the update starts from (the proximal policy). The
+        advantages are GAE on these values (the bootstrap value of the next segment stays the acted
+        one), so the value targets follow the learner, not the acting copy one update behind."""
+        out = self.agent.evaluate(buf.obs, buf.prev_action, buf.prev_reward, buf.boundary, buf.memory_start, reset)
+        log_prob = out.log_probs.gather(-1, buf.action.unsqueeze(-1)).squeeze(-1)
+        value = out.value.where(buf.valid, buf.value)  # filler tokens keep theirs (masked out anyway)
+        advantages, returns = compute_gae(buf.reward, value, buf.next_value, buf.done, buf.terminated, buf.valid,
+                                          self.cfg.gamma, self.cfg.gae_lambda)
+        return log_prob, value, advantages, returns
+
     def update(
         self, buf: RolloutBuffer, reset: torch.Tensor | None = None, features: bool = False
     ) -> dict[str, Any]:
@@ -201,7 +234,11 @@ class PPOLearner:
         ``"features"``: MLP activations ``{layer: [N, hidden]}`` from the first forward pass.
         Raises :class:`NonFiniteError` if the loss or the gradients are not finite."""
         cfg = self.cfg
-        advantages, returns = buf.advantages(cfg.gamma, cfg.gae_lambda)
+        prox_log_prob = old_value = None
+        if self.decoupled:
+            prox_log_prob, old_value, advantages, returns = self.proximal_targets(buf, reset)
+        else:
+            advantages, returns = buf.advantages(cfg.gamma, cfg.gae_lambda)
         num_envs = buf.num_envs
         if cfg.num_minibatches < 1 or num_envs % cfg.num_minibatches != 0:
             raise ValueError(
@@ -220,7 +257,8 @@ class PPOLearner:
             for start in range(0, num_envs, mb_size):
                 # one minibatch of every lifetime: the loss is a mean over all of them, in any order
                 index = None if mb_size == num_envs else perm[start : start + mb_size]
-                loss, stats = self._loss_fn(self.agent, buf, index, advantages, returns, cfg, reset, ent_coef)
+                loss, stats = self._loss_fn(self.agent, buf, index, advantages, returns, cfg, reset, ent_coef,
+                                            prox_log_prob, old_value)
                 if sampler is not None:
                     sampler.remove()
                 if not torch.isfinite(loss):
@@ -244,8 +282,9 @@ class PPOLearner:
         self.ent_coef = next_ent_coef(self.ent_coef, result["losses/entropy"], self.agent.num_actions, cfg)
         valid = buf.valid
         var_ret = returns[valid].var() if valid.sum() > 1 else torch.zeros(())
+        predicted = buf.value if old_value is None else old_value
         result["losses/explained_variance"] = float(
-            1 - (returns - buf.value)[valid].var() / var_ret if var_ret > 0 else 0.0
+            1 - (returns - predicted)[valid].var() / var_ret if var_ret > 0 else 0.0
         )
         self.last_grad_norm = float(grad_norm)
         result["losses/grad_norm"] = self.last_grad_norm
@@ -273,7 +312,7 @@ class OverlappedLearner:
     """
 
     def __init__(self, agent: LifelongAgent, cfg: PPOConfig, *, compile: bool, seed: int, threads: int = 1,
-                 switch_interval: float | None = 0.0005) -> None:
+                 switch_interval: float | None = 0.0005, decoupled: bool = True) -> None:
         self.agent = agent
         compiled = agent.__dict__.pop("_act_core", None)  # a compiled acting step stays with the acting agent
         try:
@@ -281,7 +320,7 @@ class OverlappedLearner:
         finally:
             if compiled is not None:
                 agent._act_core = compiled
-        self.inner = PPOLearner(self.learn_agent, cfg, compile=compile, seed=seed)
+        self.inner = PPOLearner(self.learn_agent, cfg, compile=compile, seed=seed, decoupled=decoupled)
         self.cfg = cfg
         self.threads = threads
         torch.set_num_threads(threads)

@@ -1,10 +1,13 @@
 """PPO in a second process (``agent.overlap=process``): learning from segment k while acting segment k+1.
 
 :class:`~lifelong.agents.ppo.OverlappedLearner` does the same on a second thread, where the acting
-loop and the learner share one interpreter lock: each takes the lock for every op it launches, and on
-two cores the overlapped loop was no faster than the sequential one (DoorKey-5x5, 8 envs, eager:
-env + acting went from 0.69 to 1.06 ms per env step while the learner ran beside it). A process has
-its own interpreter, so acting and learning proceed on one core each.
+loop and the learner share one interpreter lock (each takes it for every op it launches). A process
+has its own interpreter. Measured on the 2-core dev VM (DoorKey-5x5, 8 envs, eager,
+``OMP_WAIT_POLICY=PASSIVE python benchmarks/throughput.py --threads 2 --segments 12 --overlap
+thread|process``, three alternating pairs, 2026-11-29): 1,037 / 1,146 / 1,146 env steps/s on a thread,
+1,216 / 1,143 / 1,255 in a process. Either way the acting slows while the learner runs beside it
+(0.40 ms per env step alone, 0.49-0.60 beside it; shared caches or memory bandwidth of the host, we
+think, not measured).
 
 How the two processes share the work (CPU only):
 
@@ -102,7 +105,8 @@ class LearningRates:
         return [float(group["lr"]) for group in self.param_groups]
 
 
-def serve(conn: Connection, agent: LifelongAgent, cfg: PPOConfig, compile: bool, seed: int, threads: int) -> None:
+def serve(conn: Connection, agent: LifelongAgent, cfg: PPOConfig, compile: bool, seed: int, threads: int,
+          decoupled: bool = True) -> None:
     """The learner process: answers ``update``, ``state_dict``, ``load_state_dict`` and ``close``
     messages on ``conn`` with ``("ok", result)`` or ``("error", exception, traceback text)``."""
     # a Ctrl-C or a scheduler's SIGTERM reaches the whole process group: the acting process handles it
@@ -110,7 +114,7 @@ def serve(conn: Connection, agent: LifelongAgent, cfg: PPOConfig, compile: bool,
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(threads)
-    learner = PPOLearner(agent, cfg, compile=compile, seed=seed)
+    learner = PPOLearner(agent, cfg, compile=compile, seed=seed, decoupled=decoupled)
     while True:
         try:
             message = conn.recv()
@@ -149,7 +153,8 @@ class ProcessLearner:
     ``buf`` to the learner process and returns the previous update's statistics (``{}`` after the
     first segment). ``threads``: the learner process's torch threads. CPU only."""
 
-    def __init__(self, agent: LifelongAgent, cfg: PPOConfig, *, compile: bool, seed: int, threads: int = 1) -> None:
+    def __init__(self, agent: LifelongAgent, cfg: PPOConfig, *, compile: bool, seed: int, threads: int = 1,
+                 decoupled: bool = True) -> None:
         devices = {p.device.type for p in agent.parameters()}
         if devices != {"cpu"}:
             raise ValueError(f"agent.overlap=process learns in a second CPU process; the agent is on {sorted(devices)}: "
@@ -167,7 +172,7 @@ class ProcessLearner:
         self.last_grad_norm = 0.0
         context = mp.get_context("spawn")  # no fork: the acting process's OpenMP and autograd threads stay out
         self._conn, child = context.Pipe()
-        self._process = context.Process(target=serve, args=(child, self.learn_agent, cfg, compile, seed, threads),
+        self._process = context.Process(target=serve, args=(child, self.learn_agent, cfg, compile, seed, threads, decoupled),
                                         name="ppo-learner", daemon=True)
         with main_module_unshared():
             self._process.start()

@@ -1,5 +1,8 @@
-"""The PPO loss: filler tokens do not count, minibatches split lifetimes, configs map onto PPOConfig."""
+"""The PPO loss: filler tokens do not count, minibatches split lifetimes, configs map onto PPOConfig;
+the lagged learners' decoupled objective on a hand-worked segment, and equal to the plain one without lag."""
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -7,6 +10,7 @@ from agent_fakes import make_collector
 from omegaconf import OmegaConf
 
 from lifelong.agents.buffer import RolloutBuffer
+from lifelong.agents.policy import EvalOutput
 from lifelong.agents.ppo import PPOConfig, PPOLearner, next_ent_coef, ppo_loss
 
 
@@ -91,3 +95,54 @@ def test_the_learner_reports_the_coefficient_it_used_and_checkpoints_the_next_on
     del old["ent_coef"]  # a checkpoint from before the floor existed
     restored.load_state_dict(old)
     assert restored.ent_coef == 0.01
+
+
+class FixedPolicy:
+    """An agent stand-in whose ``evaluate`` returns fixed action probabilities ``[B, T, A]``."""
+
+    num_actions = 2
+
+    def __init__(self, probs: list[list[list[float]]]) -> None:
+        self.log_probs = torch.tensor(probs).log()
+
+    def evaluate(self, obs, prev_action, prev_reward, boundary, memory, reset):
+        return EvalOutput(self.log_probs, torch.zeros(self.log_probs.shape[:2]), memory)
+
+
+def test_the_decoupled_objective_on_a_hand_worked_segment():
+    """Hilton, Cobbe and Schulman 2021, eq. 2: weight (proximal / behaviour) x clipped surrogate of
+    (current / proximal). Two tokens, action 0 taken in both, clip 0.2, advantages +1 and -1:
+    token 1: current 0.5, proximal 0.4, behaviour 0.5 -> ratio 1.25 clipped to 1.2, weight 0.8: -0.96;
+    token 2: current 0.2, proximal 0.24, behaviour 0.2 -> ratio 0.833 (inside), weight 1.2: +1.0; mean 0.02.
+    Without the proximal policy the ratios are 1 and the loss is (-1 + 1) / 2 = 0."""
+    agent = FixedPolicy([[[0.5, 0.5], [0.2, 0.8]]])
+    buf = RolloutBuffer(1, 2)
+    buf.obs, buf.memory_start = {}, None
+    buf.action[:] = 0
+    buf.log_prob[:] = torch.tensor([[0.5, 0.2]]).log()
+    buf.valid[:] = True
+    cfg = PPOConfig.from_cfg({"clip_coef": 0.2, "norm_adv": False, "vf_coef": 0.0, "ent_coef": 0.0})
+    adv, ret = torch.tensor([[1.0, -1.0]]), torch.zeros(1, 2)
+    prox = torch.tensor([[0.4, 0.24]]).log()
+    loss, stats = ppo_loss(agent, buf, None, adv, ret, cfg, None, prox_log_prob=prox)
+    assert float(loss) == pytest.approx(0.02, abs=1e-6)
+    assert float(stats["losses/clipfrac"]) == pytest.approx(0.5)  # token 1 left the clip range
+    plain, _ = ppo_loss(agent, buf, None, adv, ret, cfg, None)
+    assert float(plain) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_without_lag_the_decoupled_update_is_the_plain_one():
+    """Acting and learning with the same weights, the proximal policy is the behaviour one (weights 1)
+    and the recomputed values are the acted ones up to the chunked form's rounding."""
+    agent, buf = collected()
+    plain_agent = copy.deepcopy(agent)
+    cfg = PPOConfig.from_cfg({"update_epochs": 1})
+    plain = PPOLearner(plain_agent, cfg, compile=False, seed=0).update(buf)
+    decoupled = PPOLearner(agent, cfg, compile=False, seed=0, decoupled=True)
+    log_prob, value, _, _ = decoupled.proximal_targets(buf, None)
+    torch.testing.assert_close(log_prob[buf.valid], buf.log_prob[buf.valid], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(value[buf.valid], buf.value[buf.valid], rtol=1e-5, atol=1e-5)
+    stats = decoupled.update(buf)
+    assert stats["losses/policy"] == pytest.approx(plain["losses/policy"], abs=1e-5)
+    for a, b in zip(agent.parameters(), plain_agent.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -86,7 +86,7 @@ def test_a_non_finite_loss_in_the_learner_process_is_raised_here_with_its_hint()
     learner = ProcessLearner(agent, PPOConfig.from_cfg({"update_epochs": 1}), compile=False, seed=0)
     try:
         collector.collect(buf)
-        buf.value[0, 0] = float("nan")
+        buf.reward[0, 0] = float("nan")
         learner.update(buf)  # the error comes with the next call that waits for this update
         with pytest.raises(NonFiniteError, match="agent.lr"):
             learner.finish()
