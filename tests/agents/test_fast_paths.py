@@ -7,10 +7,12 @@
   gradients as embedding every token;
 * the overlapped learner (learning on a second thread, one update behind the acting) is reproducible
   by seed and resumes from its state_dict identically;
+* the compiled acting step (``compile=true``) acts as the eager one;
 * ``benchmarks/anchors.py`` without SB3 is a one-line error naming the install command.
 """
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -137,3 +139,24 @@ def test_anchors_without_sb3_is_one_line_naming_the_bench_extra(tmp_path):
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "pip install -e '.[bench]'" in lines[0], result.stderr
+
+
+def test_the_compiled_acting_step_acts_as_the_eager_one():
+    """``compile=true`` (on the CPU through Inductor's C++ wrapper) gives the eager step's actions,
+    log-probs, values and memory for the same noise."""
+    eager = minigrid_agent("gated_deltanet")
+    compiled = copy.deepcopy(eager)
+    compiled.compile_acting()
+    obs, prev_action, prev_reward, boundary = minigrid_tokens(4)
+    with torch.inference_mode():
+        memory = eager.initial_memory(4, "cpu")
+        for t in range(3):
+            gen_a, gen_b = torch.Generator().manual_seed(t), torch.Generator().manual_seed(t)
+            a = eager.act(obs, prev_action, prev_reward, boundary, memory, generator=gen_a)
+            b = compiled.act(obs, prev_action, prev_reward, boundary, memory, generator=gen_b)
+            assert torch.equal(a.action, b.action)
+            torch.testing.assert_close(b.log_prob, a.log_prob, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(b.value, a.value, rtol=1e-4, atol=1e-5)
+            for x, y in zip(tree_leaves(a.memory), tree_leaves(b.memory), strict=True):
+                torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-5)
+            memory = a.memory
