@@ -293,17 +293,72 @@ class PPOLearner:
         return result
 
 
-class OverlappedLearner:
-    """PPO on a second thread: learns from segment k while the collector acts segment k+1.
+class LaggedLearner:
+    """What the two lagged learners (``agent.overlap``) share: :class:`OverlappedLearner` learns on a
+    second thread, :class:`~lifelong.agents.process_learner.ProcessLearner` in a second process.
 
     A drop-in for :class:`PPOLearner` (the lifetime's ``Learner`` protocol). ``agent`` is the acting
-    agent (the collector's); the learner trains its own copy, so acting never reads weights that are
-    being updated. ``update(buf)`` waits for the update of the previous segment, copies its weights
-    into ``agent``, starts the update on (a copy of) ``buf`` in the background and returns the
-    previous update's statistics (``{}`` after the first segment). Segment k+1 is therefore acted by
-    the weights from before the update on segment k: one update of policy lag, which PPO's
-    importance ratio (new / behaviour log-prob, recorded while acting) accounts for like any other
-    off-policyness within its clipping range.
+    agent (the collector's); the learner trains its own copy ``learn_agent``, so acting never reads
+    weights that are being updated. ``update(buf)`` waits for the update of the previous segment,
+    copies its weights into ``agent``, starts the update on a copy of ``buf`` in the background and
+    returns the previous update's statistics (``{}`` after the first segment). Segment k+1 is
+    therefore acted by the weights from before the update on segment k: one update of policy lag,
+    which the decoupled objective accounts for (``PPOLearner(decoupled=True)``, :func:`ppo_loss`).
+    Subclasses start an update (:meth:`_start`) and wait for it (:meth:`_wait`).
+    """
+
+    def __init__(self, agent: LifelongAgent) -> None:
+        self.agent = agent
+        compiled = agent.__dict__.pop("_act_core", None)  # a compiled acting step stays with the acting agent
+        try:
+            self.learn_agent = copy.deepcopy(agent)
+        finally:
+            if compiled is not None:
+                agent._act_core = compiled
+        self._stats: dict[str, Any] = {}  # the last finished update's, not yet returned
+
+    def _start(self, buf: RolloutBuffer, reset: torch.Tensor | None, features: bool) -> None:
+        """Start learning from ``buf`` (a copy this learner owns) in the background."""
+        raise NotImplementedError
+
+    def _wait(self) -> dict[str, Any] | None:
+        """Wait for the pending update (re-raising its error); its statistics, None if none was pending."""
+        raise NotImplementedError
+
+    def _settle(self) -> None:
+        stats = self._wait()
+        if stats is not None:
+            self._stats = stats
+
+    @torch.no_grad()
+    def _sync_weights(self) -> None:
+        for acting, learned in zip(self.agent.parameters(), self.learn_agent.parameters(), strict=True):
+            acting.copy_(learned)
+
+    def update(self, buf: RolloutBuffer, reset: torch.Tensor | None = None, features: bool = False) -> dict[str, Any]:
+        """Start learning from ``buf`` (complete) in the background; returns the previous update's stats."""
+        self._settle()
+        stats, self._stats = self._stats, {}
+        self._sync_weights()
+        self._start(buf.clone(), None if reset is None else reset.clone(), features)
+        return stats
+
+    def settle(self) -> None:
+        """Wait for the pending update and copy its weights into the acting agent (before a probe or
+        at the lifetime's end); its statistics stay for the next :meth:`update` to return."""
+        self._settle()
+        self._sync_weights()
+
+    def finish(self) -> dict[str, Any]:
+        """Wait for the pending update and copy its weights into the acting agent; returns its stats."""
+        self.settle()
+        stats, self._stats = self._stats, {}
+        return stats
+
+
+class OverlappedLearner(LaggedLearner):
+    """PPO on a second thread (``agent.overlap=thread``): learns from segment k while the collector
+    acts segment k+1 (:class:`LaggedLearner`).
 
     ``threads`` torch threads are used by each side (acting and learning); with the default 1 the two
     sides use one core each, and every op runs single-threaded, so a seed gives one lifetime (an
@@ -313,13 +368,7 @@ class OverlappedLearner:
 
     def __init__(self, agent: LifelongAgent, cfg: PPOConfig, *, compile: bool, seed: int, threads: int = 1,
                  switch_interval: float | None = 0.0005, decoupled: bool = True) -> None:
-        self.agent = agent
-        compiled = agent.__dict__.pop("_act_core", None)  # a compiled acting step stays with the acting agent
-        try:
-            self.learn_agent = copy.deepcopy(agent)
-        finally:
-            if compiled is not None:
-                agent._act_core = compiled
+        super().__init__(agent)
         self.inner = PPOLearner(self.learn_agent, cfg, compile=compile, seed=seed, decoupled=decoupled)
         self.cfg = cfg
         self.threads = threads
@@ -329,7 +378,6 @@ class OverlappedLearner:
             sys.setswitchinterval(min(sys.getswitchinterval(), switch_interval))
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ppo-learner")
         self._pending: Future | None = None
-        self._stats: dict[str, Any] = {}  # the last finished update's, not yet returned
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -343,37 +391,14 @@ class OverlappedLearner:
         torch.set_num_threads(self.threads)
         return self.inner.update(buf, reset=reset, features=features)
 
-    def _settle(self) -> None:
-        """Wait for the pending update (re-raising its error) and keep its statistics."""
-        if self._pending is not None:
-            future, self._pending = self._pending, None
-            self._stats = future.result()
+    def _start(self, buf: RolloutBuffer, reset: torch.Tensor | None, features: bool) -> None:
+        self._pending = self._pool.submit(self._run, buf, reset, features)
 
-    @torch.no_grad()
-    def _sync_weights(self) -> None:
-        for acting, learned in zip(self.agent.parameters(), self.learn_agent.parameters(), strict=True):
-            acting.copy_(learned)
-
-    def update(self, buf: RolloutBuffer, reset: torch.Tensor | None = None, features: bool = False) -> dict[str, Any]:
-        """Start learning from ``buf`` (complete) in the background; returns the previous update's stats."""
-        self._settle()
-        stats, self._stats = self._stats, {}
-        self._sync_weights()
-        self._pending = self._pool.submit(self._run, buf.clone(), None if reset is None else reset.clone(), features)
-        return stats
-
-    def settle(self) -> None:
-        """Wait for the pending update and copy its weights into the acting agent (before a probe or
-        at the lifetime's end); its statistics stay for the next :meth:`update` to return."""
-        self._settle()
-        self._sync_weights()
-
-    def finish(self) -> dict[str, Any]:
-        """Wait for the pending update and copy its weights into the acting agent; returns its stats."""
-        self._settle()
-        self._sync_weights()
-        stats, self._stats = self._stats, {}
-        return stats
+    def _wait(self) -> dict[str, Any] | None:
+        if self._pending is None:
+            return None
+        future, self._pending = self._pending, None
+        return future.result()
 
     def state_dict(self) -> dict:
         self._settle()

@@ -44,7 +44,7 @@ import torch.multiprocessing as mp
 
 from lifelong.agents.buffer import RolloutBuffer
 from lifelong.agents.policy import LifelongAgent
-from lifelong.agents.ppo import PPOConfig, PPOLearner
+from lifelong.agents.ppo import LaggedLearner, PPOConfig, PPOLearner
 
 STATE_KEYS = ("optimizer", "generator", "ent_coef")  # PPOLearner.state_dict's keys
 
@@ -146,12 +146,9 @@ def serve(conn: Connection, agent: LifelongAgent, cfg: PPOConfig, compile: bool,
                 conn.send(("error", RuntimeError(str(error)), text))
 
 
-class ProcessLearner:
-    """A drop-in for :class:`~lifelong.agents.ppo.PPOLearner` (the lifetime's ``Learner`` protocol)
-    that learns in a second process, one update behind the acting, as ``OverlappedLearner`` does on a
-    thread. ``update(buf)`` waits for the previous update, copies its weights into ``agent``, sends
-    ``buf`` to the learner process and returns the previous update's statistics (``{}`` after the
-    first segment). ``threads``: the learner process's torch threads. CPU only."""
+class ProcessLearner(LaggedLearner):
+    """PPO in a second process, one update behind the acting (:class:`~lifelong.agents.ppo.LaggedLearner`),
+    as ``OverlappedLearner`` does on a thread. ``threads``: the learner process's torch threads. CPU only."""
 
     def __init__(self, agent: LifelongAgent, cfg: PPOConfig, *, compile: bool, seed: int, threads: int = 1,
                  decoupled: bool = True) -> None:
@@ -159,14 +156,8 @@ class ProcessLearner:
         if devices != {"cpu"}:
             raise ValueError(f"agent.overlap=process learns in a second CPU process; the agent is on {sorted(devices)}: "
                              "use agent.overlap=thread (or false) on a GPU")
-        self.agent = agent
+        super().__init__(agent)
         self.cfg = cfg
-        compiled = agent.__dict__.pop("_act_core", None)  # a compiled acting step stays with the acting agent
-        try:
-            self.learn_agent = copy.deepcopy(agent)
-        finally:
-            if compiled is not None:
-                agent._act_core = compiled
         self.learn_agent.share_memory()  # the learner process steps these very storages
         self.optimizer = LearningRates([cfg.lr])
         self.last_grad_norm = 0.0
@@ -182,7 +173,6 @@ class ProcessLearner:
         LIVE.add(self)
         self._pending = False
         self._inflight: tuple | None = None  # the segment being learned (its shared storages stay alive)
-        self._stats: dict[str, Any] = {}  # the last finished update's, not yet returned
 
     # ---- talking to the learner process --------------------------------------------------------
     def _send(self, *message: Any) -> None:
@@ -206,44 +196,23 @@ class ProcessLearner:
         return (f"the learner process ended unexpectedly (exit code {self._process.exitcode}); "
                 "agent.overlap=thread or false learns in this process")
 
-    def _settle(self) -> None:
-        """Wait for the pending update (re-raising its error) and keep its statistics."""
-        if self._pending:
-            self._pending = False
-            try:
-                self._stats = self._receive()
-            finally:
-                self._inflight = None
-            self.last_grad_norm = float(self._stats.get("losses/grad_norm", self.last_grad_norm))
-
-    @torch.no_grad()
-    def _sync_weights(self) -> None:
-        for acting, learned in zip(self.agent.parameters(), self.learn_agent.parameters(), strict=True):
-            acting.copy_(learned)
-
-    # ---- the Learner protocol ------------------------------------------------------------------
-    def update(self, buf: RolloutBuffer, reset: torch.Tensor | None = None, features: bool = False) -> dict[str, Any]:
-        """Start learning from ``buf`` (complete) in the learner process; returns the previous update's stats."""
-        self._settle()
-        stats, self._stats = self._stats, {}
-        self._sync_weights()
-        self._inflight = (buf.clone(), None if reset is None else reset.clone())
-        self._send("update", *self._inflight, features, self.optimizer.values())
+    def _start(self, buf: RolloutBuffer, reset: torch.Tensor | None, features: bool) -> None:
+        self._inflight = (buf, reset)
+        self._send("update", buf, reset, features, self.optimizer.values())
         self._pending = True
+
+    def _wait(self) -> dict[str, Any] | None:
+        if not self._pending:
+            return None
+        self._pending = False
+        try:
+            stats = self._receive()
+        finally:
+            self._inflight = None
+        self.last_grad_norm = float(stats.get("losses/grad_norm", self.last_grad_norm))
         return stats
 
-    def settle(self) -> None:
-        """Wait for the pending update and copy its weights into the acting agent (before a probe or
-        at the lifetime's end); its statistics stay for the next :meth:`update` to return."""
-        self._settle()
-        self._sync_weights()
-
-    def finish(self) -> dict[str, Any]:
-        """Wait for the pending update and copy its weights into the acting agent; returns its stats."""
-        self.settle()
-        stats, self._stats = self._stats, {}
-        return stats
-
+    # ---- checkpoints and closing ---------------------------------------------------------------
     def state_dict(self) -> dict:
         """``OverlappedLearner``'s checkpoint: the optimizer, its RNG, the entropy coefficient, the
         learner's weights and the statistics not yet returned."""
