@@ -162,12 +162,14 @@ class RolloutBuffer:
     def full(self) -> bool:
         return self.step == self.length
 
-    def advantages(self, gamma: float, gae_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """GAE over the segment -> (advantages, returns) ``[B, T]``; zero where not valid."""
+    def advantages(self, gamma: float, gae_lambda: float,
+                   value: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """GAE over the segment -> (advantages, returns) ``[B, T]``; zero where not valid. ``value``
+        ``[B, T]``: the values to bootstrap from (default: the acted ones, ``self.value``)."""
         if not self.full or self.next_value is None:
             raise RuntimeError("the segment is not complete: fill all tokens and set next_value first")
-        return compute_gae(self.reward, self.value, self.next_value, self.done, self.terminated, self.valid,
-                           gamma, gae_lambda)
+        return compute_gae(self.reward, self.value if value is None else value, self.next_value, self.done,
+                           self.terminated, self.valid, gamma, gae_lambda)
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ from lifelong.agents.policy import LifelongAgent
 from lifelong.agents.ppo import OverlappedLearner, PPOConfig, PPOLearner
 from lifelong.agents.process_learner import ProcessLearner
 from lifelong.agents.rollout import RolloutCollector, sub_env_attr
-from lifelong.config_schema import resolve_device
+from lifelong.config_schema import OVERLAP_CHOICES, resolve_device
 from lifelong.envs.make import make_replay_env, make_task_env, make_vector_env
 from lifelong.tracking.blocks import BlockLedger
 from lifelong.tracking.probes import StreamProber
@@ -106,9 +106,6 @@ def hparams(cfg: DictConfig, settings: LifetimeSettings) -> dict[str, Any]:
     ``stream.name``), its key and the seed."""
     info = run_info(cfg, settings)
     return {**info["config"], "seed": info["seed"], "config_key": info["config_key"]}
-
-
-OVERLAP_CHOICES = (False, True, "thread", "process")
 
 
 def make_learner(agent: LifelongAgent, cfg: PPOConfig, overlap: bool | str, *, compile: bool,

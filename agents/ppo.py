@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from lifelong.agents.buffer import RolloutBuffer, compute_gae
+from lifelong.agents.buffer import RolloutBuffer
 from lifelong.agents.policy import LifelongAgent
 from lifelong.config_files import group_dir
 from lifelong.memory_layers.state import tree_map
@@ -222,8 +222,7 @@ class PPOLearner:
         out = self.agent.evaluate(buf.obs, buf.prev_action, buf.prev_reward, buf.boundary, buf.memory_start, reset)
         log_prob = out.log_probs.gather(-1, buf.action.unsqueeze(-1)).squeeze(-1)
         value = out.value.where(buf.valid, buf.value)  # filler tokens keep theirs (masked out anyway)
-        advantages, returns = compute_gae(buf.reward, value, buf.next_value, buf.done, buf.terminated, buf.valid,
-                                          self.cfg.gamma, self.cfg.gae_lambda)
+        advantages, returns = buf.advantages(self.cfg.gamma, self.cfg.gae_lambda, value)
         return log_prob, value, advantages, returns
 
     def update(

@@ -98,12 +98,6 @@ class Loop:
         if self.overlap:
             self.learner.finish()
 
-    def close(self) -> None:
-        """Stop a learner process (``overlap="process"``)."""
-        close = getattr(self.learner, "close", None)
-        if close is not None:
-            close()
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -37,6 +37,7 @@ __all__ = ["ConfigError", "RunConfig", "validate_run_config"]
 
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit; lifetime i is seeded seed + i
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
+OVERLAP_CHOICES = (False, True, "thread", "process")  # agent.overlap: agents.build.make_learner
 
 
 def parse_stream(raw: Any, key: str) -> StreamSpec:
@@ -102,7 +103,7 @@ class AgentConfig:
     norm_adv: bool = allowed()
     target_kl: float | None = allowed(above(0))         # null: no early stop
     acting_threads: int | None = allowed(at_least(1))   # null: every thread
-    overlap: bool | str = allowed(one_of(False, True, "thread", "process"))  # agents.build.make_learner
+    overlap: bool | str = allowed(one_of(*OVERLAP_CHOICES))  # agents.build.make_learner
     entropy_floor: float | None = allowed(between(0, 1))  # fraction of log|A|; null: a fixed ent_coef
     ent_coef_max: float = allowed(at_least(0))          # the floor's coefficient stays within [ent_coef, this]
 
