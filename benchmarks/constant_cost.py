@@ -12,8 +12,19 @@ state. Acting + learning is the mixer's own cost; the env's share moves with the
 its cache cap off (``max_cache=null``) to show a state, a cost and an RSS that grow, for
 ``--growing-steps`` (10^5 by default: its state alone would pass 16 GB at 10^6 steps).
 
-With ``--json``, a mixer already in the file (a row at its last mark) is not run again: a long run
-that was stopped continues where it was.
+The windows of one lifetime are measured hours apart on a shared machine, whose speed moves by tens
+of percent within minutes, and they hold different agents (its episodes shorten as it learns). So each
+mark's agent is also **re-timed side by side** (``--retime-rounds``, 5 by default): at each mark the
+worker keeps a snapshot of the loop (the agent's weights, the learner's optimizer and RNG, the acting
+memory, the sampling RNG, and every env's position and RNG: what a checkpoint holds); after the
+lifetime it restores each snapshot in turn, runs ``--retime-segments`` segments from it (one more,
+untimed, first) and records their CPU time per step, in rounds that visit every mark (forwards, then
+backwards). Every round of a mark repeats the same work bit for bit, so the agents at 10^4 and at 10^6
+steps are compared on their own next segments, timed seconds apart under the same load. The ratio to
+the first mark is taken within each round; the table gives its median and range.
+
+With ``--json``, a mixer already in the file (a row at its last mark, and its re-timing when asked
+for) is not run again: a long run that was stopped continues where it was.
 
     python benchmarks/constant_cost.py --steps 100000                 # every parametric mixer + softmax
     python benchmarks/constant_cost.py --steps 1000000 --mixers gated_deltanet
@@ -24,7 +35,9 @@ Progress lines (every ``--progress-every`` steps) go to stderr; the table to std
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import statistics
 import os
 import subprocess
 import sys
@@ -67,12 +80,65 @@ def steps_for(name: str, args: argparse.Namespace) -> int:
 
 
 def finished_rows(path: str | None, args: argparse.Namespace) -> list[dict]:
-    """The rows of ``path`` (an earlier ``--json``) whose mixer reached its last mark; [] when none."""
+    """The rows of ``path`` (an earlier ``--json``) whose mixer reached its last mark (and, with
+    ``--retime-rounds``, finished its last round of re-timing); [] when none."""
     if not path or not Path(path).exists():
         return []
     rows = json.loads(Path(path).read_text())
-    done = {r["mixer"] for r in rows if "error" not in r and r["mark"] == steps_for(r["mixer"], args)}
+    reached = {r["mixer"] for r in rows if "error" not in r and r.get("mark") == steps_for(r["mixer"], args)}
+    retimed = {r["mixer"] for r in rows if r.get("retime_round") == args.retime_rounds - 1}
+    done = reached & retimed if args.retime_rounds > 0 else reached
     return [r for r in rows if r["mixer"] in done]
+
+
+def snapshot(loop) -> dict:
+    """A copy of everything the loop's next segments depend on: the agent's weights, the learner's
+    state (optimizer, RNG) and the collector's (acting memory, sampling RNG, last tokens, every env's
+    position and RNG)."""
+    loop.finish()
+    return copy.deepcopy({"agent": loop.agent.state_dict(), "learner": loop.learner.state_dict(),
+                          "collector": loop.collector.state_dict()})
+
+
+def restore(loop, snap: dict) -> None:
+    """Put the loop back to ``snap``: the segments that follow repeat those that followed the snapshot."""
+    loop.finish()
+    loop.agent.load_state_dict(snap["agent"])
+    loop.learner.load_state_dict(snap["learner"])
+    loop.collector.load_state_dict(snap["collector"])
+
+
+def retime(loop, name: str, snapshots: dict[int, dict], args: argparse.Namespace) -> None:
+    """Time ``args.retime_segments`` segments from each mark's snapshot, in ``args.retime_rounds``
+    rounds (marks forwards in even rounds, backwards in odd ones); one JSON line per mark and round."""
+    marks = sorted(snapshots)
+    for rnd in range(args.retime_rounds):
+        for mark in marks if rnd % 2 == 0 else marks[::-1]:
+            restore(loop, snapshots[mark])
+            loop.segment()  # untimed: caches, and the learner's first update from this snapshot
+            loop.finish()
+            loop.env_seconds = 0.0
+            collect_s = learn_s = 0.0
+            episodes = 0
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            for _ in range(args.retime_segments):
+                dt_collect, dt_learn = loop.segment()
+                collect_s += dt_collect
+                learn_s += dt_learn
+                episodes += int(loop.buffer.done.sum())
+            t = time.perf_counter()
+            loop.finish()
+            learn_s += time.perf_counter() - t
+            steps = args.retime_segments * loop.steps_per_segment
+            print(json.dumps({"mixer": name, "retime_of": mark, "retime_round": rnd,
+                              "cpu_ms_per_step": 1e3 * (time.process_time() - cpu0) / steps,
+                              "steps_per_s": steps / (time.perf_counter() - wall0),
+                              "ms_per_step": {"env": 1e3 * loop.env_seconds / steps,
+                                              "acting": 1e3 * (collect_s - loop.env_seconds) / steps,
+                                              "learning": 1e3 * learn_s / steps},
+                              "episodes_per_1k": 1e3 * episodes / steps}), flush=True)
+            print(f"[{name}] re-timed the agent at {mark:,} steps, round {rnd + 1}/{args.retime_rounds}",
+                  file=sys.stderr, flush=True)
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -99,6 +165,7 @@ def worker(args: argparse.Namespace) -> None:
     warnings.simplefilter("ignore")  # the uncapped softmax never warns; others have nothing to say here
     collect_s = learn_s = 0.0  # this window's, wall seconds
     episodes = 0
+    snapshots: dict[int, dict] = {}  # mark -> the loop's state there, for the re-timing
     while marks:
         dt_collect, dt_learn = loop.segment()
         collect_s += dt_collect
@@ -134,11 +201,15 @@ def worker(args: argparse.Namespace) -> None:
                               "rss_mib": rss_bytes() / 2**20,
                               "state_mib": state_nbytes(loop.collector.memory) / 2**20,
                               "wall_s": now - start}), flush=True)
-            last, last_steps, last_cpu = now, steps, cpu
+            if args.retime_rounds > 0:
+                snapshots[marks[0]] = snapshot(loop)
+            last, last_steps, last_cpu = time.perf_counter(), steps, time.process_time()
             collect_s = learn_s = loop.env_seconds = 0.0
             episodes = 0
             while marks and steps >= marks[0]:
                 marks.pop(0)
+    if args.retime_rounds > 0:
+        retime(loop, name, snapshots, args)
 
 
 def main() -> None:
@@ -157,6 +228,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--overlap", action="store_true", help="learn on a second thread (see benchmarks/throughput.py)")
     p.add_argument("--progress-every", type=int, default=10_000, help="env steps between progress lines (stderr)")
+    p.add_argument("--retime-rounds", type=int, default=5,
+                   help="rounds of re-timing each mark's agent side by side after the lifetime (0: none)")
+    p.add_argument("--retime-segments", type=int, default=8, help="timed segments per mark and round")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -202,6 +276,8 @@ def print_table(rows: list[dict], args: argparse.Namespace) -> None:
         if "error" in r:
             print(f"{r['mixer']:<26} {r['error']}")
             continue
+        if "retime_of" in r:
+            continue
         cpu = r.get("window_cpu_ms_per_step")
         split = r.get("window_ms_per_step")
         model = split["acting"] + split["learning"] if split else None
@@ -211,6 +287,40 @@ def print_table(rows: list[dict], args: argparse.Namespace) -> None:
               f"{'-' if cpu is None else f'{cpu:.3f}':>12} {ratio(cpu, base_cpu):>9} "
               f"{'-' if model is None else f'{model:.3f}':>10} {ratio(model, base_model):>9} "
               f"{'-' if eps is None else f'{eps:.1f}':>7} {r['rss_mib']:>9.1f} {r['state_mib']:>10.2f}")
+
+    print_retime_table([r for r in rows if "retime_of" in r], args)
+
+
+def print_retime_table(rows: list[dict], args: argparse.Namespace) -> None:
+    """Each mark's agent re-timed side by side: median CPU ms per step over the rounds, and the
+    median (min-max) over the rounds of its ratio to the first mark's agent in the same round."""
+    if not rows:
+        return
+    print(f"\nre-timed side by side: {args.retime_segments} segments per mark and round; median over the rounds "
+          "(ratio to the first mark taken within each round: median, min-max)")
+    print(f"{'mixer':<26} {'agent at':>10} {'rounds':>6} {'cpu ms/step':>12} {'cpu vs first':>22} "
+          f"{'act+learn':>10} {'act+learn vs first':>22} {'eps/1k':>7}")
+
+    def act_learn(r: dict) -> float:
+        return r["ms_per_step"]["acting"] + r["ms_per_step"]["learning"]
+
+    def spread(values: list[float]) -> str:
+        return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+
+    for mixer in dict.fromkeys(r["mixer"] for r in rows):
+        mine = [r for r in rows if r["mixer"] == mixer]
+        marks = sorted({r["retime_of"] for r in mine})
+        by = {(r["retime_of"], r["retime_round"]): r for r in mine}
+        for mark in marks:
+            rounds = sorted(rnd for (m, rnd) in by if m == mark)
+            both = [rnd for rnd in rounds if (marks[0], rnd) in by]
+            cpu_ratio = [by[mark, rnd]["cpu_ms_per_step"] / by[marks[0], rnd]["cpu_ms_per_step"] for rnd in both]
+            model_ratio = [act_learn(by[mark, rnd]) / act_learn(by[marks[0], rnd]) for rnd in both]
+            cpu = statistics.median(by[mark, rnd]["cpu_ms_per_step"] for rnd in rounds)
+            model = statistics.median(act_learn(by[mark, rnd]) for rnd in rounds)
+            eps = statistics.median(by[mark, rnd]["episodes_per_1k"] for rnd in rounds)
+            print(f"{mixer:<26} {mark:>10,d} {len(rounds):>6} {cpu:>12.3f} {spread(cpu_ratio):>22} "
+                  f"{model:>10.3f} {spread(model_ratio):>22} {eps:>7.1f}")
 
 
 if __name__ == "__main__":

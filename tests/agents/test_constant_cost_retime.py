@@ -1,0 +1,67 @@
+"""``benchmarks/constant_cost.py``'s re-timing: a snapshot of the loop taken at a mark, restored, repeats
+the segments that followed it bit for bit (so every round of re-timing one mark's agent times the same
+work), and the table's ratios are taken within a round, on a hand-worked case."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def constant_cost():
+    sys.path.insert(0, str(BENCHMARKS))  # constant_cost imports throughput's Loop, as when run from there
+    try:
+        spec = importlib.util.spec_from_file_location("bench_constant_cost", BENCHMARKS / "constant_cost.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        from throughput import Loop
+
+        yield module, Loop
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def run_segments(loop, n: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The actions and episode ends of ``n`` segments, and the weights after them."""
+    actions, dones = [], []
+    for _ in range(n):
+        loop.segment()
+        actions.append(loop.buffer.action.clone())
+        dones.append(loop.buffer.done.clone())
+    return actions + dones, [p.detach().clone() for p in loop.agent.parameters()]
+
+
+def test_a_restored_snapshot_repeats_the_segments_that_followed_it(constant_cost):
+    cc, Loop = constant_cost
+    loop = Loop(num_envs=2, d_model=16, layers=1, memory="gated_deltanet", segment=16, epochs=1, stream="smoke")
+    for _ in range(3):
+        loop.segment()
+    snap = cc.snapshot(loop)
+    first_tokens, first_weights = run_segments(loop, 3)
+    cc.restore(loop, snap)
+    again_tokens, again_weights = run_segments(loop, 3)
+    assert all(torch.equal(a, b) for a, b in zip(first_tokens, again_tokens))
+    assert all(torch.equal(a, b) for a, b in zip(first_weights, again_weights))
+    assert not all(torch.equal(p, q) for p, q in zip(first_weights, snap["agent"].values())), "it learned"
+
+
+def test_the_retime_table_takes_each_ratio_within_its_round(constant_cost, capsys):
+    cc, _ = constant_cost
+
+    def row(mark: int, rnd: int, cpu: float) -> dict:
+        return {"mixer": "m", "retime_of": mark, "retime_round": rnd, "cpu_ms_per_step": cpu,
+                "ms_per_step": {"env": 0.1, "acting": cpu / 2, "learning": cpu / 4}, "episodes_per_1k": 4.0}
+
+    # the machine ran 2x slower in round 1: per round the later agent costs 1.1x, then 1.0x the first
+    rows = [row(10, 0, 1.0), row(100, 0, 1.1), row(100, 1, 2.0), row(10, 1, 2.0)]
+    cc.print_retime_table(rows, argparse.Namespace(retime_segments=8))
+    lines = {line.split()[1]: line for line in capsys.readouterr().out.splitlines() if line.startswith("m ")}
+    assert "1.050 (1.000-1.100)" in lines["100"]  # median (min-max) of 1.1 and 1.0; not 3.1 / 3.0
+    assert "1.000 (1.000-1.000)" in lines["10"]
