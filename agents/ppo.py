@@ -187,6 +187,8 @@ class PPOLearner:
     """Owns the optimizer; :meth:`update` runs the PPO epochs on one full segment. With
     ``entropy_floor`` set it also owns the entropy coefficient (:func:`next_ent_coef`), checkpointed."""
 
+    STATE_KEYS = ("optimizer", "generator", "ent_coef")  # what state_dict holds
+
     def __init__(self, agent: LifelongAgent, cfg: PPOConfig, *, compile: bool, seed: int,
                  decoupled: bool = False) -> None:
         self.agent = agent
@@ -203,8 +205,10 @@ class PPOLearner:
         self.generator = torch.Generator().manual_seed(seed)
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
-                "ent_coef": self.ent_coef}
+        state = {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+                 "ent_coef": self.ent_coef}
+        assert tuple(state) == self.STATE_KEYS
+        return state
 
     def load_state_dict(self, sd: dict) -> None:
         self.optimizer.load_state_dict(sd["optimizer"])

@@ -46,8 +46,6 @@ from lifelong.agents.buffer import RolloutBuffer
 from lifelong.agents.policy import LifelongAgent
 from lifelong.agents.ppo import LaggedLearner, PPOConfig, PPOLearner
 
-STATE_KEYS = ("optimizer", "generator", "ent_coef")  # PPOLearner.state_dict's keys
-
 
 @contextmanager
 def main_module_unshared() -> Iterator[None]:
@@ -228,7 +226,7 @@ class ProcessLearner(LaggedLearner):
                 self._settle()
             except Exception:  # noqa: BLE001  (its result is replaced anyway)
                 pass
-        self._send("load_state_dict", {k: sd[k] for k in STATE_KEYS if k in sd})
+        self._send("load_state_dict", {k: sd[k] for k in PPOLearner.STATE_KEYS if k in sd})
         self._receive()
         self.learn_agent.load_state_dict(sd["learn_agent"])  # in place: the learner process sees it
         self.optimizer = LearningRates([g["lr"] for g in sd["optimizer"]["param_groups"]])

@@ -44,7 +44,11 @@ def view_cells(env: MiniGridEnv) -> tuple[np.ndarray, tuple[bool, ...]]:
     for x in range(top_x, top_x + size):
         if 0 <= x < width:
             for y in range(top_y, top_y + size):
-                cell = cells[y * width + x] if 0 <= y < height else WALL
+                if not 0 <= y < height:  # outside the grid: a wall, as for x above
+                    codes.append(OUTSIDE)
+                    opaque.append(True)
+                    continue
+                cell = cells[y * width + x]
                 if cell is None:
                     codes.append(EMPTY)
                     opaque.append(False)

@@ -108,6 +108,13 @@ def make_collector(name: str = "decay", reset_on: str = "never", num_envs: int =
     return agent, collector
 
 
+def close_learner(learner) -> None:
+    """Stop a learner that runs elsewhere (the process learner); nothing for the others."""
+    close = getattr(learner, "close", None)
+    if close is not None:
+        close()
+
+
 def cue_run(overlap: bool | str, segments: int, seed: int = 0, resume_at: int | None = None):
     """(weights, per-update statistics) after ``segments`` updates on the cue task with the learner
     ``agent.overlap`` names; with ``resume_at`` the learner and agent are saved after that many and
@@ -127,9 +134,7 @@ def cue_run(overlap: bool | str, segments: int, seed: int = 0, resume_at: int | 
         if i == resume_at:
             sd_agent, sd_learner = copy.deepcopy(agent.state_dict()), copy.deepcopy(learner.state_dict())
             agent.load_state_dict(make().state_dict())  # scrambled, then restored
-            close = getattr(learner, "close", None)
-            if close is not None:
-                close()
+            close_learner(learner)
             learner = make_learner(agent, cfg, overlap, compile=False, seed=seed + 1)
             learner.load_state_dict(sd_learner)
             agent.load_state_dict(sd_agent)
@@ -137,9 +142,7 @@ def cue_run(overlap: bool | str, segments: int, seed: int = 0, resume_at: int | 
         stats.append(learner.update(buf))
     if overlap:
         learner.finish()
-    close = getattr(learner, "close", None)
-    if close is not None:
-        close()
+    close_learner(learner)
     torch.set_num_threads(1)
     return [p.detach().clone() for p in agent.parameters()], stats
 
