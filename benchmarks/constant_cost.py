@@ -29,6 +29,7 @@ for) is not run again: a long run that was stopped continues where it was.
     python benchmarks/constant_cost.py --steps 100000                 # every parametric mixer + softmax
     python benchmarks/constant_cost.py --steps 1000000 --mixers gated_deltanet
     nice -n 10 python benchmarks/constant_cost.py --steps 100000 --json cc.json > cc.log 2>&1 &
+    python benchmarks/constant_cost.py --report cc_a.json cc_b.json --plot cost.png   # tables of finished runs
 
 Progress lines (every ``--progress-every`` steps) go to stderr; the table to stdout.
 """
@@ -130,7 +131,7 @@ def retime(loop, name: str, snapshots: dict[int, dict], args: argparse.Namespace
             loop.finish()
             learn_s += time.perf_counter() - t
             steps = args.retime_segments * loop.steps_per_segment
-            print(json.dumps({"mixer": name, "retime_of": mark, "retime_round": rnd,
+            print(json.dumps({"mixer": name, "retime_of": mark, "retime_round": rnd, "segments": args.retime_segments,
                               "cpu_ms_per_step": 1e3 * (time.process_time() - cpu0) / steps,
                               "steps_per_s": steps / (time.perf_counter() - wall0),
                               "ms_per_step": {"env": 1e3 * loop.env_seconds / steps,
@@ -232,10 +233,19 @@ def main() -> None:
                    help="rounds of re-timing each mark's agent side by side after the lifetime (0: none)")
     p.add_argument("--retime-segments", type=int, default=8, help="timed segments per mark and round")
     p.add_argument("--json", default=None, help="also write the rows to this file")
+    p.add_argument("--report", nargs="+", default=None, metavar="JSON",
+                   help="run nothing: print the tables of these --json files (rows of several runs, merged)")
+    p.add_argument("--plot", default=None, help="also draw the re-timed cost and the RSS against steps (a PNG)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         worker(args)
+        return
+    if args.report:
+        rows = [r for path in args.report for r in json.loads(Path(path).read_text())]
+        print_table(rows, args)
+        if args.plot:
+            print(f"figure: {plot(rows, Path(args.plot))}")
         return
 
     mixers = args.mixers if args.mixers else [*parametric_mixers(), UNCAPPED_SOFTMAX]
@@ -256,13 +266,53 @@ def main() -> None:
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=1))
     print_table(rows, args)
+    if args.plot:
+        print(f"figure: {plot(rows, Path(args.plot))}")
+
+
+def plot(rows: list[dict], path: Path) -> Path:
+    """Two panels: each mixer's re-timed CPU time per step against its agent's age, over the first
+    mark's (median and min-max over the rounds, the +-5% band shaded); the process RSS at each mark."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_cost, ax_rss) = plt.subplots(1, 2, figsize=(12, 4.5))
+    retimed = [r for r in rows if "retime_of" in r]
+    for mixer in dict.fromkeys(r["mixer"] for r in retimed):
+        by = {(r["retime_of"], r["retime_round"]): r["cpu_ms_per_step"] for r in retimed if r["mixer"] == mixer}
+        marks = sorted({m for m, _ in by})
+        ratios = [[by[m, rnd] / by[marks[0], rnd] for (mm, rnd) in by if mm == m and (marks[0], rnd) in by]
+                  for m in marks]
+        mid = [statistics.median(x) for x in ratios]
+        err = [[y - min(x) for y, x in zip(mid, ratios)], [max(x) - y for y, x in zip(mid, ratios)]]
+        ax_cost.errorbar(marks, mid, yerr=err, marker="o", capsize=3, label=mixer)
+    ax_cost.axhspan(0.95, 1.05, color="grey", alpha=0.15, lw=0)
+    ax_cost.set(xscale="log", xlabel="the agent's age (env steps of its lifetime)",
+                ylabel="CPU time per step / at the first mark",
+                title="re-timed side by side (median, min-max over rounds)")
+    ax_cost.legend(fontsize=7)
+    marked = [r for r in rows if "mark" in r and "error" not in r]
+    for mixer in dict.fromkeys(r["mixer"] for r in marked):
+        mine = [r for r in marked if r["mixer"] == mixer]
+        ax_rss.plot([r["steps"] for r in mine], [r["rss_mib"] for r in mine], marker="o", label=mixer)
+    ax_rss.set(xscale="log", xlabel="env steps", ylabel="process RSS (MiB)", title="resident memory", ylim=(0, None))
+    ax_rss.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def print_table(rows: list[dict], args: argparse.Namespace) -> None:
     """The rows, with each window's CPU time per step, and its acting + learning time per step (the
     loop without the env), relative to the mixer's first window (10^4)."""
-    print(f"\nconstant cost: stream {args.stream}, {args.num_envs} lifetimes, segment {args.segment}, "
-          f"{args.epochs} epochs, d_model {args.d_model} x {args.layers} layers, {args.threads} threads; "
+    settings = ("the settings of the runs that wrote the files" if args.report else
+                f"stream {args.stream}, {args.num_envs} lifetimes, segment {args.segment}, {args.epochs} epochs, "
+                f"d_model {args.d_model} x {args.layers} layers, {args.threads} threads")
+    print(f"\nconstant cost: {settings}; "
           "per window ending at the mark: steps/s, CPU ms per step, acting + learning ms per step (the "
           "loop less the env's step), episodes per 1k steps; 'vs first': over the mixer's first window")
     print(f"{'mixer':<26} {'steps':>9} {'steps/s':>9} {'cpu ms/step':>12} {'vs first':>9} {'act+learn':>10} "
@@ -296,7 +346,8 @@ def print_retime_table(rows: list[dict], args: argparse.Namespace) -> None:
     median (min-max) over the rounds of its ratio to the first mark's agent in the same round."""
     if not rows:
         return
-    print(f"\nre-timed side by side: {args.retime_segments} segments per mark and round; median over the rounds "
+    per_round = "" if getattr(args, "report", None) else f"{args.retime_segments} segments per mark and round; "
+    print(f"\nre-timed side by side: {per_round}median over the rounds "
           "(ratio to the first mark taken within each round: median, min-max)")
     print(f"{'mixer':<26} {'agent at':>10} {'rounds':>6} {'cpu ms/step':>12} {'cpu vs first':>22} "
           f"{'act+learn':>10} {'act+learn vs first':>22} {'eps/1k':>7}")
