@@ -211,7 +211,9 @@ class PPOLearner:
         return state
 
     def load_state_dict(self, sd: dict) -> None:
-        self.optimizer.load_state_dict(sd["optimizer"])
+        # a copy: torch's Optimizer.load_state_dict keeps the given tensors as its state and steps them in
+        # place, which would change a snapshot held by the caller (loaded twice, it would differ)
+        self.optimizer.load_state_dict(copy.deepcopy(sd["optimizer"]))
         self.ent_coef = float(sd.get("ent_coef", self.cfg.ent_coef))  # checkpoints before the floor: the fixed one
         self.generator.set_state(sd["generator"].cpu())  # a CPU state, wherever map_location put it
 

@@ -57,6 +57,20 @@ def test_an_update_moves_the_weights_and_reports_the_losses():
     assert set(stats["features"]) == {"layer0", "layer1"} and stats["features"]["layer0"].shape[1] == 32
 
 
+def test_a_loaded_state_is_the_learners_own_copy_so_loading_it_again_repeats_the_update():
+    agent, buf = collected()
+    learner = PPOLearner(agent, PPOConfig.from_cfg({"update_epochs": 1}), compile=False, seed=0)
+    learner.update(buf)  # the optimizer has moments to keep
+    weights, state = copy.deepcopy(agent.state_dict()), copy.deepcopy(learner.state_dict())
+    after = []
+    for _ in range(2):
+        agent.load_state_dict(weights)
+        learner.load_state_dict(state)
+        learner.update(buf)
+        after.append([p.detach().clone() for p in agent.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*after))
+
+
 def test_ppo_config_takes_its_keys_from_the_agent_config():
     cfg = PPOConfig.from_cfg(OmegaConf.create({"d_model": 128, "lr": 1e-3, "update_epochs": 2, "target_kl": None}))
     assert cfg.lr == 1e-3 and cfg.update_epochs == 2 and cfg.target_kl is None
