@@ -343,14 +343,15 @@ def print_table(rows: list[dict], args: argparse.Namespace) -> None:
 
 def print_retime_table(rows: list[dict], args: argparse.Namespace) -> None:
     """Each mark's agent re-timed side by side: median CPU ms per step over the rounds, and the
-    median (min-max) over the rounds of its ratio to the first mark's agent in the same round."""
+    median (min-max) over the rounds of its ratio to the first mark's agent and to the previous mark's
+    agent in the same round."""
     if not rows:
         return
     per_round = "" if getattr(args, "report", None) else f"{args.retime_segments} segments per mark and round; "
     print(f"\nre-timed side by side: {per_round}median over the rounds "
           "(ratio to the first mark taken within each round: median, min-max)")
     print(f"{'mixer':<26} {'agent at':>10} {'rounds':>6} {'cpu ms/step':>12} {'cpu vs first':>22} "
-          f"{'act+learn':>10} {'act+learn vs first':>22} {'eps/1k':>7}")
+          f"{'cpu vs previous':>22} {'act+learn':>10} {'act+learn vs first':>22} {'eps/1k':>7}")
 
     def act_learn(r: dict) -> float:
         return r["ms_per_step"]["acting"] + r["ms_per_step"]["learning"]
@@ -362,16 +363,19 @@ def print_retime_table(rows: list[dict], args: argparse.Namespace) -> None:
         mine = [r for r in rows if r["mixer"] == mixer]
         marks = sorted({r["retime_of"] for r in mine})
         by = {(r["retime_of"], r["retime_round"]): r for r in mine}
-        for mark in marks:
+        for i, mark in enumerate(marks):
             rounds = sorted(rnd for (m, rnd) in by if m == mark)
             both = [rnd for rnd in rounds if (marks[0], rnd) in by]
             cpu_ratio = [by[mark, rnd]["cpu_ms_per_step"] / by[marks[0], rnd]["cpu_ms_per_step"] for rnd in both]
+            previous = marks[max(i - 1, 0)]
+            cpu_step = [by[mark, rnd]["cpu_ms_per_step"] / by[previous, rnd]["cpu_ms_per_step"]
+                        for rnd in rounds if (previous, rnd) in by]
             model_ratio = [act_learn(by[mark, rnd]) / act_learn(by[marks[0], rnd]) for rnd in both]
             cpu = statistics.median(by[mark, rnd]["cpu_ms_per_step"] for rnd in rounds)
             model = statistics.median(act_learn(by[mark, rnd]) for rnd in rounds)
             eps = statistics.median(by[mark, rnd]["episodes_per_1k"] for rnd in rounds)
             print(f"{mixer:<26} {mark:>10,d} {len(rounds):>6} {cpu:>12.3f} {spread(cpu_ratio):>22} "
-                  f"{model:>10.3f} {spread(model_ratio):>22} {eps:>7.1f}")
+                  f"{spread(cpu_step):>22} {model:>10.3f} {spread(model_ratio):>22} {eps:>7.1f}")
 
 
 if __name__ == "__main__":
