@@ -30,6 +30,8 @@ for) is not run again: a long run that was stopped continues where it was.
     python benchmarks/constant_cost.py --steps 1000000 --mixers gated_deltanet
     nice -n 10 python benchmarks/constant_cost.py --steps 100000 --json cc.json > cc.log 2>&1 &
     python benchmarks/constant_cost.py --report cc_a.json cc_b.json --plot cost.png   # tables of finished runs
+    python benchmarks/constant_cost.py --steps 1000000 --mixers gla --snapshots snaps   # keep the marks' snapshots
+    python benchmarks/constant_cost.py --retime-only --snapshots snaps --mixers gla --retime-rounds 20  # later, quiet
 
 Progress lines (every ``--progress-every`` steps) go to stderr; the table to stdout.
 """
@@ -39,6 +41,7 @@ import argparse
 import copy
 import json
 import statistics
+import tempfile
 import os
 import subprocess
 import sys
@@ -109,13 +112,32 @@ def restore(loop, snap: dict) -> None:
     loop.collector.load_state_dict(snap["collector"])
 
 
-def retime(loop, name: str, snapshots: dict[int, dict], args: argparse.Namespace) -> None:
+def save_snapshot(loop, path: Path) -> Path:
+    """:func:`snapshot` written to ``path`` (held on disk, so that the process's RSS at later marks is
+    the lifetime's own; about 7-8 MiB for the default agent, mostly the optimizer's moments)."""
+    import torch
+
+    torch.save(snapshot(loop), path)
+    return path
+
+
+def saved_snapshots(directory: Path, name: str) -> dict[int, Path]:
+    """The snapshots ``directory`` holds for mixer ``name``: {mark: path}."""
+    found = {int(path.stem.rsplit("-", 1)[1]): path for path in directory.glob(f"{name}-*.pt")}
+    if not found:
+        raise SystemExit(f"no snapshots of {name!r} in {directory}: run the lifetime with --snapshots {directory} first")
+    return dict(sorted(found.items()))
+
+
+def retime(loop, name: str, snapshots: dict[int, Path], args: argparse.Namespace) -> None:
     """Time ``args.retime_segments`` segments from each mark's snapshot, in ``args.retime_rounds``
     rounds (marks forwards in even rounds, backwards in odd ones); one JSON line per mark and round."""
     marks = sorted(snapshots)
     for rnd in range(args.retime_rounds):
         for mark in marks if rnd % 2 == 0 else marks[::-1]:
-            restore(loop, snapshots[mark])
+            import torch
+
+            restore(loop, torch.load(snapshots[mark], weights_only=False))  # our own file: envs are objects
             loop.segment()  # untimed: caches, and the learner's first update from this snapshot
             loop.finish()
             loop.env_seconds = 0.0
@@ -143,10 +165,10 @@ def retime(loop, name: str, snapshots: dict[int, dict], args: argparse.Namespace
 
 
 def worker(args: argparse.Namespace) -> None:
-    """One mixer's lifetime; prints one JSON line per mark on stdout."""
+    """One mixer's lifetime and the re-timing of its marks' agents (or, with ``--retime-only``, the
+    re-timing of an earlier run's snapshots); prints one JSON line per mark and per round on stdout."""
     import torch
 
-    from lifelong.memory_layers.state import state_nbytes
     from throughput import Loop
 
     torch.set_num_threads(args.threads)
@@ -157,6 +179,22 @@ def worker(args: argparse.Namespace) -> None:
     mixer, overrides = (("softmax", {"max_cache": None}) if name == UNCAPPED_SOFTMAX else (name, None))
     loop = Loop(num_envs=args.num_envs, d_model=args.d_model, layers=args.layers, memory=mixer, segment=args.segment,
                 epochs=args.epochs, memory_overrides=overrides, stream=args.stream, overlap=args.overlap)
+    with tempfile.TemporaryDirectory(prefix="constant_cost_") as tmp:
+        directory = Path(args.snapshots) if args.snapshots else Path(tmp)
+        directory.mkdir(parents=True, exist_ok=True)
+        if args.retime_only:
+            retime(loop, name, saved_snapshots(directory, name), args)
+            return
+        snapshots = run_lifetime(loop, name, directory, args)
+        if args.retime_rounds > 0:
+            retime(loop, name, snapshots, args)
+
+
+def run_lifetime(loop, name: str, directory: Path, args: argparse.Namespace) -> dict[int, Path]:
+    """``loop``'s lifetime to the last mark; one JSON line per mark; the snapshots written at the marks
+    (to ``directory``, when re-timing is asked for): {mark: path}."""
+    from lifelong.memory_layers.state import state_nbytes
+
     marks = marks_up_to(steps_for(name, args))
     steps, last_steps, next_progress = 0, 0, args.progress_every
     start = last = time.perf_counter()
@@ -166,7 +204,7 @@ def worker(args: argparse.Namespace) -> None:
     warnings.simplefilter("ignore")  # the uncapped softmax never warns; others have nothing to say here
     collect_s = learn_s = 0.0  # this window's, wall seconds
     episodes = 0
-    snapshots: dict[int, dict] = {}  # mark -> the loop's state there, for the re-timing
+    snapshots: dict[int, Path] = {}  # mark -> the loop's state there, for the re-timing
     while marks:
         dt_collect, dt_learn = loop.segment()
         collect_s += dt_collect
@@ -202,15 +240,14 @@ def worker(args: argparse.Namespace) -> None:
                               "rss_mib": rss_bytes() / 2**20,
                               "state_mib": state_nbytes(loop.collector.memory) / 2**20,
                               "wall_s": now - start}), flush=True)
-            if args.retime_rounds > 0:
-                snapshots[marks[0]] = snapshot(loop)
+            if args.retime_rounds > 0 or args.snapshots:
+                snapshots[marks[0]] = save_snapshot(loop, directory / f"{name}-{marks[0]}.pt")
             last, last_steps, last_cpu = time.perf_counter(), steps, time.process_time()
             collect_s = learn_s = loop.env_seconds = 0.0
             episodes = 0
             while marks and steps >= marks[0]:
                 marks.pop(0)
-    if args.retime_rounds > 0:
-        retime(loop, name, snapshots, args)
+    return snapshots
 
 
 def main() -> None:
@@ -232,6 +269,10 @@ def main() -> None:
     p.add_argument("--retime-rounds", type=int, default=5,
                    help="rounds of re-timing each mark's agent side by side after the lifetime (0: none)")
     p.add_argument("--retime-segments", type=int, default=8, help="timed segments per mark and round")
+    p.add_argument("--snapshots", default=None, metavar="DIR",
+                   help="keep each mark's snapshot in DIR (<mixer>-<mark>.pt; default: a temporary directory)")
+    p.add_argument("--retime-only", action="store_true",
+                   help="run no lifetime: re-time the snapshots an earlier run left in --snapshots DIR")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     p.add_argument("--report", nargs="+", default=None, metavar="JSON",
                    help="run nothing: print the tables of these --json files (rows of several runs, merged)")
@@ -241,6 +282,8 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
+    if args.retime_only and not args.snapshots:
+        p.error("--retime-only re-times the snapshots of an earlier run: pass its --snapshots DIR")
     if args.report:
         rows = [r for path in args.report for r in json.loads(Path(path).read_text())]
         print_table(rows, args)
@@ -249,7 +292,7 @@ def main() -> None:
         return
 
     mixers = args.mixers if args.mixers else [*parametric_mixers(), UNCAPPED_SOFTMAX]
-    rows = finished_rows(args.json, args)
+    rows = [] if args.retime_only else finished_rows(args.json, args)
     forwarded = [a for a in sys.argv[1:]]
     for name in mixers:
         if any(r["mixer"] == name for r in rows):
