@@ -4,28 +4,15 @@ work), and the table's ratios are taken within a round, on a hand-worked case.""
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from helpers.benchmarks import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def constant_cost():
-    sys.path.insert(0, str(BENCHMARKS))  # constant_cost imports throughput's Loop, as when run from there
-    try:
-        spec = importlib.util.spec_from_file_location("bench_constant_cost", BENCHMARKS / "constant_cost.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        from throughput import Loop
-
-        yield module, Loop
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    return load_benchmark("constant_cost"), load_benchmark("throughput").Loop
 
 
 def run_segments(loop, n: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

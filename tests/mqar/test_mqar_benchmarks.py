@@ -2,30 +2,19 @@
 three rules at one cache size, Mamba2 at Palimpsa's state size) and the recall probe's reading of a run."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from helpers.benchmarks import load_benchmark
 
 from lifelong.mqar.app import compose
 from lifelong.mqar.model import state_bytes
 from lifelong.mqar.settings import parse_settings
 from lifelong.mqar.train import build_model
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def grid():
-    return load("mqar_grid")
+    return load_benchmark("mqar_grid")
 
 
 def test_every_grid_mixer_makes_a_valid_config_with_its_label(grid):
@@ -78,7 +67,7 @@ def _recall_run(root, seed: int, block_p8: float):
 
 
 def test_the_recall_probe_reads_each_task_at_the_end_of_its_own_block(tmp_path):
-    recall = load("recall_capacity")
+    recall = load_benchmark("recall_capacity")
     _recall_run(tmp_path, 0, 0.25)
     rows = {r["task"]: r for r in recall.collect(tmp_path)}
     # p2-g0 was recalled fully at its block end (R[0][0] = 1.0) and half at the run's end (R[1][0])
@@ -89,7 +78,7 @@ def test_the_recall_probe_reads_each_task_at_the_end_of_its_own_block(tmp_path):
 
 
 def test_the_recall_table_gives_the_mean_and_t_interval_over_seeds(tmp_path):
-    recall = load("recall_capacity")
+    recall = load_benchmark("recall_capacity")
     _recall_run(tmp_path, 0, 0.25)
     _recall_run(tmp_path, 1, 0.75)
     md = recall.table(recall.collect(tmp_path))
