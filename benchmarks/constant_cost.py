@@ -40,11 +40,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
-import tempfile
 import os
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -95,13 +95,18 @@ def finished_rows(path: str | None, args: argparse.Namespace) -> list[dict]:
     return [r for r in rows if r["mixer"] in done]
 
 
-def snapshot(loop) -> dict:
-    """A copy of everything the loop's next segments depend on: the agent's weights, the learner's
-    state (optimizer, RNG) and the collector's (acting memory, sampling RNG, last tokens, every env's
-    position and RNG)."""
+def loop_state(loop) -> dict:
+    """Everything the loop's next segments depend on, live (not copied): the agent's weights, the
+    learner's state (optimizer, RNG) and the collector's (acting memory, sampling RNG, last tokens,
+    every env's position and RNG)."""
     loop.finish()
-    return copy.deepcopy({"agent": loop.agent.state_dict(), "learner": loop.learner.state_dict(),
-                          "collector": loop.collector.state_dict()})
+    return {"agent": loop.agent.state_dict(), "learner": loop.learner.state_dict(),
+            "collector": loop.collector.state_dict()}
+
+
+def snapshot(loop) -> dict:
+    """A copy of :func:`loop_state`, kept in memory."""
+    return copy.deepcopy(loop_state(loop))
 
 
 def restore(loop, snap: dict) -> None:
@@ -113,12 +118,20 @@ def restore(loop, snap: dict) -> None:
 
 
 def save_snapshot(loop, path: Path) -> Path:
-    """:func:`snapshot` written to ``path`` (held on disk, so that the process's RSS at later marks is
+    """:func:`loop_state` written to ``path`` (held on disk, so that the process's RSS at later marks is
     the lifetime's own; about 7-8 MiB for the default agent, mostly the optimizer's moments)."""
     import torch
 
-    torch.save(snapshot(loop), path)
+    torch.save(loop_state(loop), path)
     return path
+
+
+def ms_per_step(loop, collect_s: float, learn_s: float, steps: int) -> dict[str, float]:
+    """Wall ms per env step of a window: the env's own step (resets included; ``loop.env_seconds``),
+    acting (the rest of collecting: the memory's fused step, the heads, conversions) and learning
+    (the chunked form, PPO)."""
+    return {"env": 1e3 * loop.env_seconds / steps, "acting": 1e3 * (collect_s - loop.env_seconds) / steps,
+            "learning": 1e3 * learn_s / steps}
 
 
 def saved_snapshots(directory: Path, name: str) -> dict[int, Path]:
@@ -132,11 +145,11 @@ def saved_snapshots(directory: Path, name: str) -> dict[int, Path]:
 def retime(loop, name: str, snapshots: dict[int, Path], args: argparse.Namespace) -> None:
     """Time ``args.retime_segments`` segments from each mark's snapshot, in ``args.retime_rounds``
     rounds (marks forwards in even rounds, backwards in odd ones); one JSON line per mark and round."""
+    import torch
+
     marks = sorted(snapshots)
     for rnd in range(args.retime_rounds):
         for mark in marks if rnd % 2 == 0 else marks[::-1]:
-            import torch
-
             restore(loop, torch.load(snapshots[mark], weights_only=False))  # our own file: envs are objects
             loop.segment()  # untimed: caches, and the learner's first update from this snapshot
             loop.finish()
@@ -156,9 +169,7 @@ def retime(loop, name: str, snapshots: dict[int, Path], args: argparse.Namespace
             print(json.dumps({"mixer": name, "retime_of": mark, "retime_round": rnd, "segments": args.retime_segments,
                               "cpu_ms_per_step": 1e3 * (time.process_time() - cpu0) / steps,
                               "steps_per_s": steps / (time.perf_counter() - wall0),
-                              "ms_per_step": {"env": 1e3 * loop.env_seconds / steps,
-                                              "acting": 1e3 * (collect_s - loop.env_seconds) / steps,
-                                              "learning": 1e3 * learn_s / steps},
+                              "ms_per_step": ms_per_step(loop, collect_s, learn_s, steps),
                               "episodes_per_1k": 1e3 * episodes / steps}), flush=True)
             print(f"[{name}] re-timed the agent at {mark:,} steps, round {rnd + 1}/{args.retime_rounds}",
                   file=sys.stderr, flush=True)
@@ -225,12 +236,7 @@ def run_lifetime(loop, name: str, directory: Path, args: argparse.Namespace) -> 
             window = steps - last_steps
             print(json.dumps({"mixer": name, "mark": marks[0], "steps": steps,
                               "window_steps_per_s": window / (now - last),
-                              # where the window's wall time went, per env step: the env's own step
-                              # (resets included), acting (the rest of collecting: the memory's fused
-                              # step, the heads, conversions) and learning (the chunked form, PPO)
-                              "window_ms_per_step": {"env": 1e3 * loop.env_seconds / window,
-                                                     "acting": 1e3 * (collect_s - loop.env_seconds) / window,
-                                                     "learning": 1e3 * learn_s / window},
+                              "window_ms_per_step": ms_per_step(loop, collect_s, learn_s, window),
                               # episodes ended per 1,000 env steps: resets cost more than steps, so a
                               # window of short episodes costs more per step for the same mixer
                               "window_episodes_per_1k": 1e3 * episodes / window,

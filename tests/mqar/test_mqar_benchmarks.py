@@ -12,6 +12,7 @@ from lifelong.mqar.model import state_bytes
 from lifelong.mqar.settings import parse_settings
 from lifelong.mqar.train import build_model
 
+
 @pytest.fixture(scope="module")
 def grid():
     return load_benchmark("mqar_grid")
