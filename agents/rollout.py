@@ -177,10 +177,18 @@ class RolloutCollector:
 
     The memory is never reset unless ``reset_on`` is ``episode`` (at every boundary token) or ``task``
     (on the first token after a task switch).
+
+    An episode that the task's own time limit truncates (MiniGrid's ``max_steps``) is recorded as
+    terminated unless ``bootstrap_time_limits``: its return ends there, as the task's reward (which
+    counts the steps against ``max_steps``) says it does, and the agent, which sees every episode
+    boundary, can know the time left (Pardo et al. 2018, "Time Limits in Reinforcement Learning",
+    sec. 3: a time limit that is part of the task is a terminal state). An episode that the stream
+    cuts at a block's end (``info["block_truncated"]``) stays a truncation and bootstraps (sec. 4:
+    partial-episode bootstrapping), whatever the setting.
     """
 
     def __init__(self, vec_env: Any, agent: LifelongAgent, reset_on: str, device: torch.device | str = "cpu",
-                 acting_threads: int | None = None) -> None:
+                 acting_threads: int | None = None, bootstrap_time_limits: bool = False) -> None:
         if reset_on not in RESET_CHOICES:
             raise ValueError(f"memory.reset_on={reset_on!r}: choose one of {RESET_CHOICES}")
         self.rollout = Rollout(vec_env, agent, device)
@@ -190,6 +198,7 @@ class RolloutCollector:
         self.num_envs = self.rollout.num_envs
         # torch threads while acting (one-token ops gain nothing from more; None keeps the global setting)
         self.acting_threads = acting_threads
+        self.bootstrap_time_limits = bool(bootstrap_time_limits)
         self.memory: Memory | None = None
         self.generator = torch.Generator(self.device)  # action sampling, seeded by reset(seed)
         self.task_switch = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
@@ -240,6 +249,18 @@ class RolloutCollector:
                 switch &= np.asarray(mask, dtype=bool).reshape(self.num_envs)
         return self.rollout._to_tensor(switch)
 
+    def _return_ends(self, t: Transition) -> torch.Tensor:
+        """``[B]`` bool: the lifetimes whose return ends at this step: terminated, or (unless
+        ``bootstrap_time_limits``) truncated by the task's time limit rather than by the stream's block end."""
+        if self.bootstrap_time_limits or not bool(t.truncated.any()):
+            return t.terminated
+        cut = t.info.get("block_truncated")
+        by_stream = np.zeros(self.num_envs, dtype=bool) if cut is None else np.array(cut, dtype=bool).reshape(self.num_envs)
+        mask = t.info.get("_block_truncated")
+        if cut is not None and mask is not None:
+            by_stream &= np.asarray(mask, dtype=bool).reshape(self.num_envs)
+        return t.terminated | (t.truncated & ~self.rollout._to_tensor(by_stream))
+
     def reset_mask(self) -> torch.Tensor:
         """``[B]`` bool: lifetimes whose memory is cleared before the next token (reset ablations)."""
         if self.reset_on == "episode":
@@ -270,7 +291,7 @@ class RolloutCollector:
         if buf is not None:
             buf.add_input(t.tokens.obs, t.tokens.prev_action, t.tokens.prev_reward, t.tokens.boundary, reset,
                           t.tokens.valid)
-            buf.add_output(t.action, t.log_prob, t.value, t.reward, t.terminated, t.truncated)
+            buf.add_output(t.action, t.log_prob, t.value, t.reward, self._return_ends(t), t.truncated)
         self.memory = t.memory
         self.task_switch = self._task_switch(t.info)
         self.info = t.info

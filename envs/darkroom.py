@@ -20,19 +20,24 @@ episodes succeeds in at most ``1 / G`` of the episodes averaged over ``G`` candi
 tell them apart before it stands on one). The ``darkroom`` stream is built that way.
 
 Observations and actions are MiniGrid's (``Dict(image, direction, mission)``, ``Discrete(7)``), so the
-task shares its spaces with every other MiniGrid task of a stream once the mission is dropped.
+task shares its spaces with every other MiniGrid task of a stream once the mission is dropped. With
+``actions=3`` the action space is MiniGrid's three navigation actions only (0 turn left, 1 turn right,
+2 forward; the other four do nothing in an empty room), which makes a random walk reach a cell of a
+small room several times as often and so gives PPO something to learn from early.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+from gymnasium import spaces
 from minigrid.core.grid import Grid
 from minigrid.core.mission import MissionSpace
 from minigrid.minigrid_env import MiniGridEnv
 
 MISSION = "find the hidden goal"
 MIN_SIZE = 4  # at least two interior cells per axis
+ACTION_COUNTS = (3, 7)  # MiniGrid's navigation actions (left, right, forward), or all seven
 Cell = tuple[int, int]
 
 
@@ -81,11 +86,13 @@ def resolve_goal(size: int, goal: tuple[int, int] | None, goal_seed: int | None,
 
 
 def check_room(size: int, goal: Cell | None, goal_seed: int | None, agent_start: Cell | None, agent_dir: int,
-               random_start: bool, max_steps: int | None) -> tuple[Cell | None, Cell, int]:
+               random_start: bool, max_steps: int | None, actions: int = 7) -> tuple[Cell | None, Cell, int]:
     """Check a room's settings (``ValueError``, one line); return the start (None: random), the goal
     and ``max_steps`` resolved. Builds nothing: the stream-config schema calls it too."""
     size = int(size)
     check_size(size)
+    if int(actions) not in ACTION_COUNTS:
+        raise ValueError(f"actions must be 3 (turn left, turn right, forward) or 7 (all of MiniGrid's), got {actions}")
     start = None if random_start else tuple(int(c) for c in (agent_start or default_start(size)))
     if start is not None:
         check_interior(start, size, "agent_start")
@@ -102,14 +109,15 @@ class DarkRoomEnv(MiniGridEnv):
 
     def __init__(self, size: int = 9, goal: tuple[int, int] | None = None, goal_seed: int | None = None,
                  agent_start: tuple[int, int] | None = None, agent_dir: int = 0, random_start: bool = False,
-                 max_steps: int | None = None, **kwargs: Any) -> None:
+                 max_steps: int | None = None, actions: int = 7, **kwargs: Any) -> None:
         start, self.hidden_goal, max_steps = check_room(size, goal, goal_seed, agent_start, agent_dir,
-                                                        random_start, max_steps)
+                                                        random_start, max_steps, actions)
         self.agent_start_pos = start
         self.agent_start_dir = int(agent_dir)
         self.random_start = bool(random_start)
         super().__init__(mission_space=MissionSpace(mission_func=self._gen_mission), grid_size=int(size),
                          see_through_walls=True, max_steps=max_steps, **kwargs)
+        self.action_space = spaces.Discrete(int(actions))  # MiniGrid's first `actions` actions
 
     @staticmethod
     def _gen_mission() -> str:

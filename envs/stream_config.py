@@ -138,6 +138,7 @@ class DarkRoomTask:
     agent_dir: int = 0
     random_start: bool = False
     max_steps: int | None = None           # None: size + 3
+    actions: int = 7                       # 3: MiniGrid's navigation actions only (left, right, forward)
 
     @classmethod
     def parse(cls, raw: Any, where: str) -> DarkRoomTask:
@@ -146,7 +147,7 @@ class DarkRoomTask:
         for key in ("goal", "agent_start"):
             if key in values:
                 values[key] = as_cell(values[key], f"{where} {key}")
-        for key in ("goal_seed", "size", "agent_dir", "max_steps"):
+        for key in ("goal_seed", "size", "agent_dir", "max_steps", "actions"):
             if key in values:
                 values[key] = as_int(values[key], f"{where} {key}")
         if "random_start" in values:
@@ -161,7 +162,8 @@ class DarkRoomTask:
 
     def env_kwargs(self) -> dict[str, Any]:
         return {"size": self.size, "goal": self.goal, "goal_seed": self.goal_seed, "agent_start": self.agent_start,
-                "agent_dir": self.agent_dir, "random_start": self.random_start, "max_steps": self.max_steps}
+                "agent_dir": self.agent_dir, "random_start": self.random_start, "max_steps": self.max_steps,
+                "actions": self.actions}
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,7 @@ class AgentConfig:
     weight_decay: float = allowed(at_least(0))
     gamma: float = allowed(between(0, 1))
     gae_lambda: float = allowed(between(0, 1))
+    bootstrap_time_limits: bool = allowed()             # agents.rollout.RolloutCollector
     clip_coef: float = allowed(above(0))
     clip_vloss: bool = allowed()
     ent_coef: float = allowed(at_least(0))

@@ -12,6 +12,7 @@ from collections import deque
 from functools import partial
 from itertools import pairwise
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -207,6 +208,20 @@ def test_darkroom_observations_do_not_show_the_goal():
             if ra[2] or rb[2] or ra[3]:
                 break
             assert same(ra[0], rb[0]) and ra[1] == rb[1] == 0
+
+
+def test_darkroom_with_three_actions_offers_only_the_turns_and_forward_and_walks_as_minigrid_does():
+    three, seven = DarkRoomEnv(size=5, goal=(1, 1), actions=3), DarkRoomEnv(size=5, goal=(1, 1))
+    assert three.action_space == gym.spaces.Discrete(3) and seven.action_space == gym.spaces.Discrete(7)
+    rng = np.random.default_rng(0)
+    for seed in range(20):
+        assert same(three.reset(seed=seed)[0], seven.reset(seed=seed)[0])
+        for _ in range(6):
+            action = int(three.action_space.sample() if seed % 2 else rng.integers(3))
+            ra, rb = three.step(action), seven.step(action)
+            assert same(ra, rb)
+            if ra[2] or ra[3]:
+                break
 
 
 def test_darkroom_random_starts_are_the_same_draws_for_every_goal():
@@ -489,6 +504,7 @@ def test_the_bandit_and_door_streams_move_the_hidden_variable_at_each_shift():
     ({"darkroom": {"goal": [1, 1], "random_start": "yes"}}, "random_start must be true or false"),
     ({"darkroom": {"goal": [1, 1], "max_steps": 0}}, "max_steps must be >= 1"),
     ({"darkroom": {"goal": [1, 1], "colour": "red"}}, "darkroom has unknown key(s) ['colour']"),
+    ({"darkroom": {"goal": [1, 1], "actions": 4}}, "actions must be 3 (turn left, turn right, forward) or 7"),
     ({"bandit": {"best_arm": 5}}, "best_arm must be in [0, arms=5)"),
     ({"bandit": {"arms": 3}}, "give `best_arm`"),
     ({"bandit": {"best_arm": 1, "p_best": 0.1, "p_other": 0.5}}, "p_best must be larger than p_other"),
