@@ -178,17 +178,20 @@ class RolloutCollector:
     The memory is never reset unless ``reset_on`` is ``episode`` (at every boundary token) or ``task``
     (on the first token after a task switch).
 
-    An episode that the task's own time limit truncates (MiniGrid's ``max_steps``) is recorded as
-    terminated unless ``bootstrap_time_limits``: its return ends there, as the task's reward (which
+    An episode that the task's own time limit truncates (MiniGrid's ``max_steps``) bootstraps from
+    the final observation's value when ``bootstrap_time_limits`` (the default, as SB3 does); without
+    it the episode is recorded as terminated and its return ends there, as the task's reward (which
     counts the steps against ``max_steps``) says it does, and the agent, which sees every episode
     boundary, can know the time left (Pardo et al. 2018, "Time Limits in Reinforcement Learning",
-    sec. 3: a time limit that is part of the task is a terminal state). An episode that the stream
-    cuts at a block's end (``info["block_truncated"]``) stays a truncation and bootstraps (sec. 4:
+    sec. 3: a time limit that is part of the task is a terminal state). Bootstrapping let PPO unlearn
+    a goal under a short limit (tests/agents/test_time_limits.py); ending the return did not relearn
+    the second task of ``mg-shift`` (README, "Time limits"). An episode that the stream cuts at a
+    block's end (``info["block_truncated"]``) stays a truncation and bootstraps (sec. 4:
     partial-episode bootstrapping), whatever the setting.
     """
 
     def __init__(self, vec_env: Any, agent: LifelongAgent, reset_on: str, device: torch.device | str = "cpu",
-                 acting_threads: int | None = None, bootstrap_time_limits: bool = False) -> None:
+                 acting_threads: int | None = None, bootstrap_time_limits: bool = True) -> None:
         if reset_on not in RESET_CHOICES:
             raise ValueError(f"memory.reset_on={reset_on!r}: choose one of {RESET_CHOICES}")
         self.rollout = Rollout(vec_env, agent, device)
