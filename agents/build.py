@@ -23,7 +23,7 @@ from lifelong.agents.policy import LifelongAgent
 from lifelong.agents.ppo import OverlappedLearner, PPOConfig, PPOLearner
 from lifelong.agents.process_learner import ProcessLearner
 from lifelong.agents.rollout import RolloutCollector, sub_env_attr
-from lifelong.config_schema import OVERLAP_CHOICES, resolve_device
+from lifelong.config_schema import OVERLAP_CHOICES, resolve_device, without_added_defaults
 from lifelong.envs.make import make_replay_env, make_task_env, make_vector_env
 from lifelong.tracking.blocks import BlockLedger
 from lifelong.tracking.probes import StreamProber
@@ -74,6 +74,7 @@ PRESENTATION_KEYS = ("progress", "debug", "overwrite", "resume_existing", "check
 def config_fingerprint(cfg: DictConfig) -> str:
     """A short hash of everything in ``cfg`` that decides what the lifetime computes."""
     plain = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in PRESENTATION_KEYS}
+    plain = without_added_defaults(plain)  # a run saved before a setting existed keeps its fingerprint
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -95,7 +96,8 @@ def run_info(cfg: DictConfig, settings: LifetimeSettings) -> dict[str, Any]:
     """What ``summary.json`` says about the run for ``lifelong compare``: seed, the run config, its
     key (equal keys: the same experiment, another seed), the mixer and stream names."""
     config = run_config(cfg, settings)
-    key = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    keyed = without_added_defaults(config)  # grouped with runs saved before a setting existed
+    key = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return {"seed": settings.seed, "memory": str(cfg.memory.name), "stream": str(cfg.stream.name),
             "config_key": key, "config": config}
 

@@ -124,6 +124,7 @@ def cmd_resume(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     from omegaconf import OmegaConf
 
+    from lifelong.config_schema import with_added_settings
     from lifelong.launch import check_resumable
     from lifelong.run_dir import saved_config
 
@@ -136,7 +137,7 @@ def cmd_resume(argv: list[str]) -> None:
             fail(f"lifelong resume takes only {', '.join(k + '=...' for k in RESUME_OVERRIDES)}; {key!r} would change "
                  "the run (start a new one with `lifelong run` instead)")
     try:
-        cfg = saved_config(run_dir)
+        cfg = with_added_settings(saved_config(run_dir))  # a run saved before a setting existed
         check_resumable(run_dir)
     except ValueError as error:
         fail(str(error))

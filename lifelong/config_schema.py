@@ -13,6 +13,7 @@ ranges are beyond structured configs anyway.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -221,3 +222,43 @@ def validate_run_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` (one line: the key, the value, what is allowed) unless every value
     of the composed ``lifelong run`` config is valid. Call it before any work starts."""
     parse_run_config(cfg)
+
+
+#: settings added after runs were saved, each with the value that computes what a run saved without
+#: it computed. `lifelong resume` fills them in; the checkpoint fingerprint and summary.json's
+#: config_key leave a setting out at that value, so an older run resumes from its checkpoints and is
+#: grouped with new runs that compute the same.
+ADDED_SETTINGS: dict[str, Any] = {"agent.bootstrap_time_limits": True}
+
+
+def with_added_settings(cfg: DictConfig) -> DictConfig:
+    """``cfg`` (a saved run's config) with every :data:`ADDED_SETTINGS` key it lacks set to its value."""
+    cfg = copy.deepcopy(cfg)
+    for dotted, value in ADDED_SETTINGS.items():
+        if not _has_key(cfg, dotted):
+            OmegaConf.update(cfg, dotted, value, force_add=True)
+    return cfg
+
+
+def without_added_defaults(plain: dict[str, Any]) -> dict[str, Any]:
+    """A plain config (nested dicts) less every :data:`ADDED_SETTINGS` key that holds its value: what
+    a hash of the configuration is taken over."""
+    out = dict(plain)
+    for dotted, value in ADDED_SETTINGS.items():
+        *parents, leaf = dotted.split(".")
+        node = out
+        for name in parents:
+            if not isinstance(node.get(name), dict):
+                break
+            node[name] = dict(node[name])
+            node = node[name]
+        else:
+            if leaf in node and node[leaf] == value:
+                del node[leaf]
+    return out
+
+
+def _has_key(cfg: DictConfig, dotted: str) -> bool:
+    *parents, leaf = dotted.split(".")
+    node = OmegaConf.select(cfg, ".".join(parents)) if parents else cfg
+    return isinstance(node, DictConfig) and leaf in node

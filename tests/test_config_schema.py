@@ -6,7 +6,9 @@ what is allowed.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import fields
+from types import SimpleNamespace
 from typing import get_args, get_type_hints
 
 import pytest
@@ -15,12 +17,15 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from lifelong.config_files import config_dir, group_choices
+from lifelong.agents.build import config_fingerprint, run_info
 from lifelong.config_schema import (
+    ADDED_SETTINGS,
     AgentConfig,
     ConfigError,
     RunConfig,
     TrackerConfig,
     validate_run_config,
+    with_added_settings,
 )
 
 
@@ -236,3 +241,30 @@ def test_every_shipped_experiment_config_is_valid(composed, experiment):
 def test_the_long_stream_experiment_is_mg_cycle_with_the_entropy_floor(composed):
     cfg = composed("+experiment=long-stream")
     assert cfg.stream.name == "mg-cycle" and cfg.agent.entropy_floor == 0.3
+
+
+# ---- a run saved before a setting existed -----------------------------------------------------------
+def saved_before(cfg, dotted):
+    """``cfg`` as a version of lifelong without the setting ``dotted`` saved it (and `resume` loads it)."""
+    old = OmegaConf.create(OmegaConf.to_container(cfg))
+    *parents, leaf = dotted.split(".")
+    del OmegaConf.select(old, ".".join(parents))[leaf]
+    return old
+
+
+@pytest.mark.parametrize("dotted", list(ADDED_SETTINGS))
+def test_a_run_saved_before_a_setting_existed_validates_hashes_and_groups_as_that_settings_old_behaviour(composed, dotted):
+    new = composed()
+    assert OmegaConf.select(new, dotted) == ADDED_SETTINGS[dotted]  # the shipped default is the old behaviour
+    old = saved_before(new, dotted)
+    assert "missing" in refusal(old)
+    filled = with_added_settings(old)
+    validate_run_config(filled)
+    assert OmegaConf.select(filled, dotted) == ADDED_SETTINGS[dotted] and saved_before(filled, dotted) == old
+    assert config_fingerprint(old) == config_fingerprint(new) == config_fingerprint(filled)
+    settings = SimpleNamespace(seed=0, total_steps=1000)
+    assert run_info(old, settings)["config_key"] == run_info(new, settings)["config_key"]
+    other = copy.deepcopy(new)
+    OmegaConf.update(other, dotted, not ADDED_SETTINGS[dotted])
+    assert config_fingerprint(other) != config_fingerprint(new)
+    assert run_info(other, settings)["config_key"] != run_info(new, settings)["config_key"]

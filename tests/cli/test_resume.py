@@ -12,9 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 from helpers.cli import CHEAP_PROBES, lifelong
 
 from lifelong.launch import RunFailed, prepare_run_dir
+from lifelong.run_dir import SAVED_CONFIG
 
 pytestmark = pytest.mark.slow
 
@@ -138,6 +140,11 @@ def test_ctrl_c_saves_writes_an_unfinished_summary_and_says_how_to_resume(uninte
     assert "stopped by SIGINT" in last_line and f"lifelong resume {run_dir}" in last_line
     partial = json.loads((run_dir / "summary.json").read_text())
     assert partial["finished"] is False and partial["stopped_at_step"] == int(_checkpoints(run_dir)[-1].stem[5:])
+    # saved as by a lifelong before agent.bootstrap_time_limits existed: resumes as its old behaviour
+    saved = run_dir / SAVED_CONFIG
+    old = OmegaConf.load(saved)
+    assert old.agent.pop("bootstrap_time_limits") is True
+    OmegaConf.save(old, saved)
     result = lifelong("resume", str(run_dir), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert _summary(run_dir) == _summary(uninterrupted)
