@@ -38,7 +38,6 @@ Progress lines (every ``--progress-every`` steps) go to stderr; the table to std
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import statistics
@@ -104,11 +103,6 @@ def loop_state(loop) -> dict:
             "collector": loop.collector.state_dict()}
 
 
-def snapshot(loop) -> dict:
-    """A copy of :func:`loop_state`, kept in memory."""
-    return copy.deepcopy(loop_state(loop))
-
-
 def restore(loop, snap: dict) -> None:
     """Put the loop back to ``snap``: the segments that follow repeat those that followed the snapshot."""
     loop.finish()
@@ -124,6 +118,13 @@ def save_snapshot(loop, path: Path) -> Path:
 
     torch.save(loop_state(loop), path)
     return path
+
+
+def load_snapshot(path: Path) -> dict:
+    """A snapshot :func:`save_snapshot` wrote, for :func:`restore`."""
+    import torch
+
+    return torch.load(path, weights_only=False)  # our own file: the envs are pickled objects
 
 
 def ms_per_step(loop, collect_s: float, learn_s: float, steps: int) -> dict[str, float]:
@@ -150,7 +151,7 @@ def retime(loop, name: str, snapshots: dict[int, Path], args: argparse.Namespace
     marks = sorted(snapshots)
     for rnd in range(args.retime_rounds):
         for mark in marks if rnd % 2 == 0 else marks[::-1]:
-            restore(loop, torch.load(snapshots[mark], weights_only=False))  # our own file: envs are objects
+            restore(loop, load_snapshot(snapshots[mark]))
             loop.segment()  # untimed: caches, and the learner's first update from this snapshot
             loop.finish()
             loop.env_seconds = 0.0

@@ -25,21 +25,21 @@ def run_segments(loop, n: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     return actions + dones, [p.detach().clone() for p in loop.agent.parameters()]
 
 
-def test_a_restored_snapshot_repeats_the_segments_that_followed_it_whatever_ran_in_between(constant_cost):
+def test_a_restored_snapshot_repeats_the_segments_that_followed_it_whatever_ran_in_between(constant_cost, tmp_path):
     cc, Loop = constant_cost
     loop = Loop(num_envs=2, d_model=16, layers=1, memory="gated_deltanet", segment=16, epochs=1, stream="smoke")
     loop.segment()
-    early = cc.snapshot(loop)
+    early = cc.save_snapshot(loop, tmp_path / "early.pt")
     after_early = run_segments(loop, 2)
     loop.segment()
-    late = cc.snapshot(loop)
+    late = cc.save_snapshot(loop, tmp_path / "late.pt")
     after_late = run_segments(loop, 2)
     for snap, expected in ((early, after_early), (late, after_late), (early, after_early)):  # as the rounds go
-        cc.restore(loop, snap)
+        cc.restore(loop, cc.load_snapshot(snap))
         tokens, weights = run_segments(loop, 2)
         assert all(torch.equal(a, b) for a, b in zip(expected[0], tokens))
         assert all(torch.equal(a, b) for a, b in zip(expected[1], weights))
-    assert not all(torch.equal(p, q) for p, q in zip(after_early[1], early["agent"].values())), "it learned"
+    assert not all(torch.equal(p, q) for p, q in zip(after_early[1], cc.load_snapshot(early)["agent"].values())), "it learned"
 
 
 def test_the_retime_table_takes_each_ratio_within_its_round(constant_cost, capsys):
