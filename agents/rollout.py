@@ -42,6 +42,19 @@ def info_at(info: Info, key: str, i: int, default: Any = None) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def info_flags(info: Info, key: str, num_envs: int) -> np.ndarray:
+    """``[num_envs]`` bool: the boolean ``key`` of every sub-env (False where absent or masked out by
+    ``_key``): :func:`info_at` vectorised."""
+    flags = info.get(key)
+    if flags is None:
+        return np.zeros(num_envs, dtype=bool)
+    out = np.array(flags, dtype=bool).reshape(num_envs)
+    mask = info.get(f"_{key}")
+    if mask is not None:
+        out &= np.asarray(mask, dtype=bool).reshape(num_envs)
+    return out
+
+
 def sub_env_attr(vec_env: Any, i: int, name: str) -> Any:
     """Attribute ``name`` of sub-env ``i``, looking through Gymnasium wrappers."""
     env = vec_env.envs[i]
@@ -241,28 +254,16 @@ class RolloutCollector:
         return info
 
     def _task_switch(self, info: Info) -> torch.Tensor:
-        """``[B]`` bool: the lifetimes whose token this step starts a new block (``info_at`` vectorised)."""
-        flags = info.get("task_switch")
-        if flags is None:
-            switch = np.zeros(self.num_envs, dtype=bool)
-        else:
-            switch = np.array(flags, dtype=bool).reshape(self.num_envs)
-            mask = info.get("_task_switch")
-            if mask is not None:
-                switch &= np.asarray(mask, dtype=bool).reshape(self.num_envs)
-        return self.rollout._to_tensor(switch)
+        """``[B]`` bool: the lifetimes whose token this step starts a new block."""
+        return self.rollout._to_tensor(info_flags(info, "task_switch", self.num_envs))
 
     def _return_ends(self, t: Transition) -> torch.Tensor:
         """``[B]`` bool: the lifetimes whose return ends at this step: terminated, or (unless
         ``bootstrap_time_limits``) truncated by the task's time limit rather than by the stream's block end."""
         if self.bootstrap_time_limits or not bool(t.truncated.any()):
             return t.terminated
-        cut = t.info.get("block_truncated")
-        by_stream = np.zeros(self.num_envs, dtype=bool) if cut is None else np.array(cut, dtype=bool).reshape(self.num_envs)
-        mask = t.info.get("_block_truncated")
-        if cut is not None and mask is not None:
-            by_stream &= np.asarray(mask, dtype=bool).reshape(self.num_envs)
-        return t.terminated | (t.truncated & ~self.rollout._to_tensor(by_stream))
+        by_stream = self.rollout._to_tensor(info_flags(t.info, "block_truncated", self.num_envs))
+        return t.terminated | (t.truncated & ~by_stream)
 
     def reset_mask(self) -> torch.Tensor:
         """``[B]`` bool: lifetimes whose memory is cleared before the next token (reset ablations)."""
