@@ -152,7 +152,7 @@ def build_lifetime(cfg: DictConfig, run_dir: Path | str) -> Lifetime:
     acting_threads = agent_cfg.acting_threads
     collector = RolloutCollector(vec_env, agent, str(cfg.memory.reset_on), device,
                                  None if acting_threads is None else int(acting_threads),
-                                 bool(agent_cfg.get("bootstrap_time_limits", True)))
+                                 bool(agent_cfg.bootstrap_time_limits))
     buffer = RolloutBuffer(num_envs, segment_length, device)
     ledger = BlockLedger.of(sub_env_attr(vec_env, 0, "schedule"), num_envs)
     tracker = Tracker.from_config(run_dir, settings.task_names, hparams(cfg, settings), cfg.tracker, ledger,

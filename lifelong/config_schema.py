@@ -229,13 +229,14 @@ def validate_run_config(cfg: DictConfig) -> None:
 #: config_key leave a setting out at that value, so an older run resumes from its checkpoints and is
 #: grouped with new runs that compute the same.
 ADDED_SETTINGS: dict[str, Any] = {"agent.bootstrap_time_limits": True}
+_ABSENT = object()
 
 
 def with_added_settings(cfg: DictConfig) -> DictConfig:
     """``cfg`` (a saved run's config) with every :data:`ADDED_SETTINGS` key it lacks set to its value."""
     cfg = copy.deepcopy(cfg)
     for dotted, value in ADDED_SETTINGS.items():
-        if not _has_key(cfg, dotted):
+        if OmegaConf.select(cfg, dotted, default=_ABSENT) is _ABSENT:
             OmegaConf.update(cfg, dotted, value, force_add=True)
     return cfg
 
@@ -256,9 +257,3 @@ def without_added_defaults(plain: dict[str, Any]) -> dict[str, Any]:
             if leaf in node and node[leaf] == value:
                 del node[leaf]
     return out
-
-
-def _has_key(cfg: DictConfig, dotted: str) -> bool:
-    *parents, leaf = dotted.split(".")
-    node = OmegaConf.select(cfg, ".".join(parents)) if parents else cfg
-    return isinstance(node, DictConfig) and leaf in node
