@@ -17,11 +17,14 @@ of percent within minutes, and they hold different agents (its episodes shorten 
 mark's agent is also **re-timed side by side** (``--retime-rounds``, 5 by default): at each mark the
 worker keeps a snapshot of the loop (the agent's weights, the learner's optimizer and RNG, the acting
 memory, the sampling RNG, and every env's position and RNG: what a checkpoint holds); after the
-lifetime it restores each snapshot in turn, runs ``--retime-segments`` segments from it (one more,
-untimed, first) and records their CPU time per step, in rounds that visit every mark (forwards, then
-backwards). Every round of a mark repeats the same work bit for bit, so the agents at 10^4 and at 10^6
-steps are compared on their own next segments, timed seconds apart under the same load. The ratio to
-the first mark is taken within each round; the table gives its median and range.
+lifetime it restores every mark's snapshot into a loop of its own, runs one untimed segment in each,
+then times ``--retime-segments`` segments of each, **interleaved**: one segment of every mark's agent
+in turn (the order rotated at each segment), then the next. Every round of a mark repeats the same
+work bit for bit, so the agents at 10^4 and at 10^6 steps are compared on their own next segments,
+timed within a few seconds of each other under the same load. The ratio to the first mark is taken
+within each round; the table gives its median and range. (Until 2026-11-29 a round timed all of one
+mark's segments, then the next mark's: the agents' windows were a minute apart, and a round's ratios
+spread by +-10%.)
 
 With ``--json``, a mixer already in the file (a row at its last mark, and its re-timing when asked
 for) is not run again: a long run that was stopped continues where it was.
@@ -46,6 +49,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/anchors.py
 
@@ -143,37 +147,66 @@ def saved_snapshots(directory: Path, name: str) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-def retime(loop, name: str, snapshots: dict[int, Path], args: argparse.Namespace) -> None:
-    """Time ``args.retime_segments`` segments from each mark's snapshot, in ``args.retime_rounds``
-    rounds (marks forwards in even rounds, backwards in odd ones); one JSON line per mark and round."""
-    import torch
+def timed_segment(loop) -> dict[str, float]:
+    """One segment of ``loop`` and its update, waited for (so that an overlapped update is charged to
+    the segment it learns from): CPU and wall seconds, the wall split (collect, learn, env) and the
+    episodes that ended."""
+    env0 = loop.env_seconds
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    collect_s, learn_s = loop.segment()
+    t = time.perf_counter()
+    loop.finish()
+    learn_s += time.perf_counter() - t
+    return {"cpu": time.process_time() - cpu0, "wall": time.perf_counter() - wall0, "collect": collect_s,
+            "learn": learn_s, "env": loop.env_seconds - env0, "episodes": float(loop.buffer.done.sum())}
 
+
+def interleaved_order(marks: list[int], rnd: int, segment: int) -> list[int]:
+    """The marks in the order their ``segment``-th segments run in round ``rnd``: rotated by one at
+    every segment (and every round), so that no mark always runs first or after the same one."""
+    shift = (rnd + segment) % len(marks)
+    return marks[shift:] + marks[:shift]
+
+
+def retime(loops: dict[int, Any], name: str, snapshots: dict[int, Path], args: argparse.Namespace) -> None:
+    """Time ``args.retime_segments`` segments from each mark's snapshot, in ``args.retime_rounds``
+    rounds; one JSON line per mark and round. ``loops`` holds one loop per mark. A round restores every
+    mark's loop from its snapshot, runs one untimed segment in each, then **interleaves** the timed
+    segments: one segment of every mark's agent (:func:`interleaved_order`), then the next, so the
+    agents' segments of a round are at most a few seconds apart and a drift of the machine's speed
+    within the round hits them alike."""
     marks = sorted(snapshots)
     for rnd in range(args.retime_rounds):
-        for mark in marks if rnd % 2 == 0 else marks[::-1]:
-            restore(loop, load_snapshot(snapshots[mark]))
-            loop.segment()  # untimed: caches, and the learner's first update from this snapshot
-            loop.finish()
-            loop.env_seconds = 0.0
-            collect_s = learn_s = 0.0
-            episodes = 0
-            cpu0, wall0 = time.process_time(), time.perf_counter()
-            for _ in range(args.retime_segments):
-                dt_collect, dt_learn = loop.segment()
-                collect_s += dt_collect
-                learn_s += dt_learn
-                episodes += int(loop.buffer.done.sum())
-            t = time.perf_counter()
-            loop.finish()
-            learn_s += time.perf_counter() - t
-            steps = args.retime_segments * loop.steps_per_segment
+        for mark in marks:
+            restore(loops[mark], load_snapshot(snapshots[mark]))
+            loops[mark].segment()  # untimed: caches, and the learner's first update from this snapshot
+            loops[mark].finish()
+        sums = {mark: dict.fromkeys(("cpu", "wall", "collect", "learn", "env", "episodes"), 0.0) for mark in marks}
+        for segment in range(args.retime_segments):
+            for mark in interleaved_order(marks, rnd, segment):
+                for key, value in timed_segment(loops[mark]).items():
+                    sums[mark][key] += value
+        for mark in marks:
+            total, steps = sums[mark], args.retime_segments * loops[mark].steps_per_segment
             print(json.dumps({"mixer": name, "retime_of": mark, "retime_round": rnd, "segments": args.retime_segments,
-                              "cpu_ms_per_step": 1e3 * (time.process_time() - cpu0) / steps,
-                              "steps_per_s": steps / (time.perf_counter() - wall0),
-                              "ms_per_step": ms_per_step(loop, collect_s, learn_s, steps),
-                              "episodes_per_1k": 1e3 * episodes / steps}), flush=True)
-            print(f"[{name}] re-timed the agent at {mark:,} steps, round {rnd + 1}/{args.retime_rounds}",
-                  file=sys.stderr, flush=True)
+                              "interleaved": True,
+                              "cpu_ms_per_step": 1e3 * total["cpu"] / steps,
+                              "steps_per_s": steps / total["wall"],
+                              "ms_per_step": {"env": 1e3 * total["env"] / steps,
+                                              "acting": 1e3 * (total["collect"] - total["env"]) / steps,
+                                              "learning": 1e3 * total["learn"] / steps},
+                              "episodes_per_1k": 1e3 * total["episodes"] / steps}), flush=True)
+        print(f"[{name}] re-timed round {rnd + 1}/{args.retime_rounds} (agents at {', '.join(f'{m:,}' for m in marks)} "
+              "steps)", file=sys.stderr, flush=True)
+
+
+def make_loop(args: argparse.Namespace, name: str) -> Any:
+    """The benchmark's loop (``benchmarks/throughput.py``'s) for mixer ``name`` with the run's settings."""
+    from throughput import Loop
+
+    mixer, overrides = (("softmax", {"max_cache": None}) if name == UNCAPPED_SOFTMAX else (name, None))
+    return Loop(num_envs=args.num_envs, d_model=args.d_model, layers=args.layers, memory=mixer, segment=args.segment,
+                epochs=args.epochs, memory_overrides=overrides, stream=args.stream, overlap=args.overlap)
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -181,25 +214,21 @@ def worker(args: argparse.Namespace) -> None:
     re-timing of an earlier run's snapshots); prints one JSON line per mark and per round on stdout."""
     import torch
 
-    from throughput import Loop
-
     torch.set_num_threads(args.threads)
     name = args.worker
     if name.startswith("lola"):  # LoLA's C++ acting step: its one-off build must not count in the first window
         from lifelong.kernels.attention.step_cpp import extension
         extension()
-    mixer, overrides = (("softmax", {"max_cache": None}) if name == UNCAPPED_SOFTMAX else (name, None))
-    loop = Loop(num_envs=args.num_envs, d_model=args.d_model, layers=args.layers, memory=mixer, segment=args.segment,
-                epochs=args.epochs, memory_overrides=overrides, stream=args.stream, overlap=args.overlap)
+    loop = make_loop(args, name)
     with tempfile.TemporaryDirectory(prefix="constant_cost_") as tmp:
         directory = Path(args.snapshots) if args.snapshots else Path(tmp)
         directory.mkdir(parents=True, exist_ok=True)
-        if args.retime_only:
-            retime(loop, name, saved_snapshots(directory, name), args)
-            return
-        snapshots = run_lifetime(loop, name, directory, args)
+        snapshots = (saved_snapshots(directory, name) if args.retime_only
+                     else run_lifetime(loop, name, directory, args))
         if args.retime_rounds > 0:
-            retime(loop, name, snapshots, args)
+            marks = sorted(snapshots)  # the lifetime's loop re-times the first mark; one more loop per other mark
+            loops = {mark: loop if i == 0 else make_loop(args, name) for i, mark in enumerate(marks)}
+            retime(loops, name, snapshots, args)
 
 
 def run_lifetime(loop, name: str, directory: Path, args: argparse.Namespace) -> dict[int, Path]:

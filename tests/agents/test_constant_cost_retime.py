@@ -4,6 +4,7 @@ work), and the table's ratios are taken within a round, on a hand-worked case.""
 from __future__ import annotations
 
 import argparse
+import json
 
 import pytest
 import torch
@@ -55,3 +56,38 @@ def test_the_retime_table_takes_each_ratio_within_its_round(constant_cost, capsy
     lines = {line.split()[1]: line for line in capsys.readouterr().out.splitlines() if line.startswith("m ")}
     assert "1.050 (1.000-1.100)" in lines["100"]  # median (min-max) of 1.1 and 1.0; not 3.1 / 3.0
     assert "1.000 (1.000-1.000)" in lines["10"]
+
+
+def test_a_round_interleaves_the_marks_segments_and_every_round_repeats_each_marks_work(constant_cost, tmp_path,
+                                                                                          capsys):
+    cc, Loop = constant_cost
+
+    def small_loop():
+        return Loop(num_envs=2, d_model=16, layers=1, memory="gated_deltanet", segment=16, epochs=1, stream="smoke")
+
+    lifetime = small_loop()
+    snapshots = {}
+    for mark in (16, 64):  # two marks of one lifetime: its loop after 1 segment, then after 4
+        for _ in range(1 if mark == 16 else 3):
+            lifetime.segment()
+        snapshots[mark] = cc.save_snapshot(lifetime, tmp_path / f"m-{mark}.pt")
+    loops = {mark: small_loop() for mark in snapshots}
+    calls, actions = [], {mark: [] for mark in snapshots}
+    for mark, loop in loops.items():
+        def segment(loop=loop, mark=mark, run=loop.segment):
+            out = run()
+            calls.append(mark)
+            actions[mark].append(loop.buffer.action.clone())
+            return out
+        loop.segment = segment
+
+    cc.retime(loops, "m", snapshots, argparse.Namespace(retime_rounds=2, retime_segments=3))
+
+    untimed, timed = [16, 64], [16, 64, 64, 16, 16, 64]  # round 0; round 1 starts one rotation on
+    assert calls == untimed + timed + untimed + [64, 16, 16, 64, 64, 16]
+    for mark in snapshots:  # 4 segments a round (1 untimed + 3), the same 4 in both rounds
+        assert all(torch.equal(a, b) for a, b in zip(actions[mark][:4], actions[mark][4:]))
+    assert not torch.equal(actions[16][0], actions[64][0]), "the two marks' agents act differently"
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert sorted((r["retime_of"], r["retime_round"]) for r in rows) == [(16, 0), (16, 1), (64, 0), (64, 1)]
+    assert all(r["cpu_ms_per_step"] > 0 and r["interleaved"] for r in rows)
