@@ -35,7 +35,7 @@ from lifelong.envs.make import (
 from lifelong.envs.stream_config import TaskSpec
 from lifelong.envs.tasks import build_task_env
 
-STREAMS = ("darkroom", "bandit", "hidden-door")
+STREAMS = ("darkroom", "darkroom-flip", "bandit", "hidden-door")
 LEFT, RIGHT, FORWARD, TOGGLE = 0, 1, 2, 5
 DIR_VEC = ((1, 0), (0, 1), (-1, 0), (0, -1))  # MiniGrid: 0 east, 1 south, 2 west, 3 north
 same = partial(same_structure, exact_types=True)
@@ -144,7 +144,12 @@ def test_gymnasiums_env_checker_passes_on_the_streams_and_their_task_envs(stream
 
 
 # ---- dark room --------------------------------------------------------------------------------------
-DARK_GOALS = {name: tuple(spec["darkroom"]["goal"]) for name, spec in load_stream_config("darkroom").tasks.items()}
+def stream_goals(stream):
+    """{task: goal cell} of a dark-room stream."""
+    return {name: tuple(spec["darkroom"]["goal"]) for name, spec in load_stream_config(stream).tasks.items()}
+
+
+DARK_GOALS = stream_goals("darkroom")
 
 
 @pytest.mark.parametrize("random_start", [False, True])
@@ -191,6 +196,28 @@ def test_darkroom_memoryless_policies_are_at_chance():
     rates = [np.mean([run_episode(env, lambda e: [int(rng.integers(3))], seed=s)[1] for s in range(150)])
              for env in envs.values()]
     assert float(np.mean(rates)) < 0.1, rates
+
+
+def test_darkroom_flip_goals_are_two_steps_from_the_start_and_no_episode_reaches_both():
+    """darkroom-flip: the oracle reaches either goal in 2 steps (turn, forward); the shortest walk
+    through both goal cells takes 6 steps, past max_steps 5, so memoryless success is at most 1/2."""
+    goals = stream_goals("darkroom-flip")
+    envs = {name: DarkRoomEnv(**task("darkroom-flip", name).darkroom.env_kwargs()) for name in goals}
+    for env in envs.values():
+        assert env.action_space.n == 3
+        results = [run_episode(env, darkroom_oracle, seed=s) for s in range(5)]
+        assert {(success, steps) for _, success, steps in results} == {(1.0, 2)}
+    env = next(iter(envs.values()))
+    env.reset(seed=0)
+    free, start = room_free(env.width), env_state(env)
+    from_start = distances(start, free)
+    shortest = min(len(from_start[(gi, d)]) + len(plan_to_cell((gi, d), gj, free))
+                   for gi in goals.values() for gj in goals.values() if gi != gj for d in range(4))
+    assert shortest == 6 > env.max_steps == 5
+    rng = np.random.default_rng(0)  # a random walk of the three actions, the same draws under each goal
+    rates = [np.mean([run_episode(e, lambda _: [int(rng.integers(3))], seed=s)[1] for s in range(200)])
+             for e in envs.values()]
+    assert float(np.mean(rates)) < 0.5, rates
 
 
 def test_darkroom_observations_do_not_show_the_goal():
@@ -383,21 +410,22 @@ def remembering_policy(stream_name):
                 memory["arm"] = (memory["arm"] + 1) % 5
             return [memory["arm"]]
     else:
-        targets = list(DARK_GOALS.values()) if stream_name == "darkroom" else ["west", "east"]
+        targets = list(stream_goals(stream_name).values()) if stream_name.startswith("darkroom") else ["west", "east"]
         memory = {"i": 0}
 
         def act(env, last):  # go to the remembered target; after a failed episode, try the next one
             if last is not None and last[1] == 0.0:
                 memory["i"] = (memory["i"] + 1) % len(targets)
             target = targets[memory["i"]]
-            if stream_name == "darkroom":
+            if stream_name.startswith("darkroom"):
                 return plan_to_cell(env_state(env), target, room_free(env.unwrapped.width)) + [FORWARD] * 12
             return door_plan(env, target) + [LEFT] * 30
     return act
 
 
 @pytest.mark.parametrize("stream_name, steps_per_task, chance, least", [
-    ("darkroom", 240, 0.25, 0.8), ("bandit", 200, 0.2, 0.4), ("hidden-door", 200, 0.5, 0.9)])
+    ("darkroom", 240, 0.25, 0.8), ("darkroom-flip", 60, 0.5, 0.9), ("bandit", 200, 0.2, 0.4),
+    ("hidden-door", 200, 0.5, 0.9)])
 def test_a_policy_that_remembers_past_episodes_beats_chance_on_the_stream(stream_name, steps_per_task, chance, least):
     cfg = load_stream_config(stream_name)
     cfg.steps_per_task = steps_per_task
