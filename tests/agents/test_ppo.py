@@ -160,3 +160,27 @@ def test_without_lag_the_decoupled_update_is_the_plain_one():
     assert stats["losses/policy"] == pytest.approx(plain["losses/policy"], abs=1e-5)
     for a, b in zip(agent.parameters(), plain_agent.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def subnormal_times_one() -> float:
+    """1e-39 (a float32 subnormal) times 1, computed on this thread: 0 when subnormals are flushed."""
+    return float(torch.tensor(1e-39, dtype=torch.float32) * torch.tensor(1.0))
+
+
+def test_learning_runs_with_subnormals_flushed_to_zero_and_the_thread_gets_them_back_after():
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU has no flush-to-zero mode")
+    agent, buf = collected()
+    learner = PPOLearner(agent, PPOConfig.from_cfg({"update_epochs": 1}), compile=False, seed=0)
+    seen = []
+    evaluate = agent.evaluate
+
+    def recording_evaluate(*args, **kwargs):
+        seen.append(subnormal_times_one())
+        return evaluate(*args, **kwargs)
+
+    agent.evaluate = recording_evaluate
+    assert subnormal_times_one() > 0
+    learner.update(buf)
+    assert seen and all(v == 0.0 for v in seen), "inside the update a subnormal reads as zero"
+    assert subnormal_times_one() > 0, "acting after the update keeps IEEE subnormals"
