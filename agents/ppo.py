@@ -30,7 +30,6 @@ NONFINITE_HINT = (
 )
 
 
-
 @contextmanager
 def flushed_denormals() -> Iterator[None]:
     """Subnormal floats (below ``torch.finfo(float32).tiny``) read and written as zero on this thread
@@ -43,6 +42,7 @@ def flushed_denormals() -> Iterator[None]:
         yield
     finally:
         torch.set_flush_denormal(False)
+
 
 class NonFiniteError(FloatingPointError):
     """The memory state or the loss became NaN/inf: the lifetime stops instead of continuing silently."""
