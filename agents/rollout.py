@@ -197,8 +197,8 @@ class RolloutCollector:
     counts the steps against ``max_steps``) says it does, and the agent, which sees every episode
     boundary, can know the time left (Pardo et al. 2018, "Time Limits in Reinforcement Learning",
     sec. 3: a time limit that is part of the task is a terminal state). Bootstrapping let PPO unlearn
-    a goal under a short limit (tests/agents/test_time_limits.py); ending the return did not relearn
-    the second task of ``mg-shift`` (README, "Time limits"). An episode that the stream cuts at a
+    a goal under a short limit sooner than ending the return did (tests/agents/test_time_limits.py);
+    ending the return did not relearn the second task of ``mg-shift`` (README, "Time limits"). An episode that the stream cuts at a
     block's end (``info["block_truncated"]``) stays a truncation and bootstraps (sec. 4:
     partial-episode bootstrapping), whatever the setting.
     """
