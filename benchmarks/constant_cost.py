@@ -131,12 +131,11 @@ def load_snapshot(path: Path) -> dict:
     return torch.load(path, weights_only=False)  # our own file: the envs are pickled objects
 
 
-def ms_per_step(loop, collect_s: float, learn_s: float, steps: int) -> dict[str, float]:
-    """Wall ms per env step of a window: the env's own step (resets included; ``loop.env_seconds``),
-    acting (the rest of collecting: the memory's fused step, the heads, conversions) and learning
-    (the chunked form, PPO)."""
-    return {"env": 1e3 * loop.env_seconds / steps, "acting": 1e3 * (collect_s - loop.env_seconds) / steps,
-            "learning": 1e3 * learn_s / steps}
+def ms_per_step(env_s: float, collect_s: float, learn_s: float, steps: int) -> dict[str, float]:
+    """Wall ms per env step of a window: the env's own step (resets included; ``env_s``, part of
+    ``collect_s``), acting (the rest of collecting: the memory's fused step, the heads, conversions)
+    and learning (the chunked form, PPO)."""
+    return {"env": 1e3 * env_s / steps, "acting": 1e3 * (collect_s - env_s) / steps, "learning": 1e3 * learn_s / steps}
 
 
 def saved_snapshots(directory: Path, name: str) -> dict[int, Path]:
@@ -192,9 +191,7 @@ def retime(loops: dict[int, Any], name: str, snapshots: dict[int, Path], args: a
                               "interleaved": True,
                               "cpu_ms_per_step": 1e3 * total["cpu"] / steps,
                               "steps_per_s": steps / total["wall"],
-                              "ms_per_step": {"env": 1e3 * total["env"] / steps,
-                                              "acting": 1e3 * (total["collect"] - total["env"]) / steps,
-                                              "learning": 1e3 * total["learn"] / steps},
+                              "ms_per_step": ms_per_step(total["env"], total["collect"], total["learn"], steps),
                               "episodes_per_1k": 1e3 * total["episodes"] / steps}), flush=True)
         print(f"[{name}] re-timed round {rnd + 1}/{args.retime_rounds} (agents at {', '.join(f'{m:,}' for m in marks)} "
               "steps)", file=sys.stderr, flush=True)
@@ -266,7 +263,7 @@ def run_lifetime(loop, name: str, directory: Path, args: argparse.Namespace) -> 
             window = steps - last_steps
             print(json.dumps({"mixer": name, "mark": marks[0], "steps": steps,
                               "window_steps_per_s": window / (now - last),
-                              "window_ms_per_step": ms_per_step(loop, collect_s, learn_s, window),
+                              "window_ms_per_step": ms_per_step(loop.env_seconds, collect_s, learn_s, window),
                               # episodes ended per 1,000 env steps: resets cost more than steps, so a
                               # window of short episodes costs more per step for the same mixer
                               "window_episodes_per_1k": 1e3 * episodes / window,
