@@ -35,12 +35,14 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 #: label -> (configs/memory/ name, overrides)
 MIXERS: dict[str, tuple[str, list[str]]] = {
     "softmax": ("softmax", []),
+    "sliding_window": ("sliding_window", []),
     "linear_attention": ("linear_attention", []),
     "mamba2": ("mamba2", []),
     "gated_deltanet": ("gated_deltanet", []),
@@ -57,9 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("runs/recall_capacity"))
     p.add_argument("--mixers", nargs="+", default=list(MIXERS), choices=list(MIXERS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
-    p.add_argument("--total-steps", type=int, default=40000, help="env steps summed over the lifetimes")
-    p.add_argument("--steps-per-task", type=int, default=1000, help="stream.steps_per_task (per lifetime)")
+    p.add_argument("--stream", default="recall-cpu", help="a recall stream of configs/stream/ (recall: the large one)")
+    p.add_argument("--total-steps", type=int, default=None,
+                   help="env steps summed over the lifetimes (default: one pass of the stream's schedule)")
+    p.add_argument("--steps-per-task", type=int, default=None, help="stream.steps_per_task (default: the stream's)")
     p.add_argument("--num-envs", type=int, default=8)
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (one thread each)")
     p.add_argument("--extra", nargs="*", default=[], help="more `lifelong run` overrides, e.g. agent.d_model=64")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per run")
     p.add_argument("--report-only", action="store_true", help="only read the runs under --out")
@@ -69,8 +74,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run_command(args: argparse.Namespace, mixer: str, seed: int, run_dir: Path) -> list[str]:
     memory, extra = MIXERS[mixer]
     exe = shutil.which("lifelong") or str(Path(sys.executable).parent / "lifelong")
-    return [exe, "run", "stream=recall", f"memory={memory}", *extra, f"seed={seed}",
-            f"total_steps={args.total_steps}", f"stream.steps_per_task={args.steps_per_task}",
+    budget = [f"total_steps={args.total_steps}"] if args.total_steps is not None else []
+    if args.steps_per_task is not None:
+        budget.append(f"stream.steps_per_task={args.steps_per_task}")
+    return [exe, "run", f"stream={args.stream}", f"memory={memory}", *extra, f"seed={seed}", *budget,
             f"num_envs={args.num_envs}", "progress=false", "overwrite=true", *args.extra, f"hydra.run.dir={run_dir}"]
 
 
@@ -114,7 +121,7 @@ def recall_rows(run_dir: Path) -> list[dict[str, Any]]:
             "block_success": own_block.get(task, math.nan),
             "final_success": final, "train_success": _num(figures.get("train_success")),
             "pairs_recalled": own_block.get(task, math.nan) * queries, "final_pairs_recalled": final * queries, "chance": 1.0 / num_values if num_values else math.nan,
-            "episodes": figures.get("episodes"),
+            "episodes": figures.get("episodes"), "stream": stream.get("name", "recall"),
         })
     return rows
 
@@ -201,7 +208,8 @@ def plot(records: list[dict[str, Any]], path: Path) -> Path:
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("associative recall inside RL (stream=recall)")
+    streams = sorted({str(r.get("stream", "recall")) for r in records})
+    ax.set_title(f"associative recall inside RL (stream={', '.join(streams)})")
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -213,18 +221,26 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     t0 = time.perf_counter()
     if not args.report_only:
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        pending = []
         for mixer in args.mixers:
             for seed in args.seeds:
                 run_dir = args.out / f"{mixer}_seed{seed}"
                 if finished(run_dir):
                     print(f"{mixer} seed {seed}: finished before, kept", flush=True)
-                    continue
-                command = run_command(args, mixer, seed, run_dir)
-                start = time.perf_counter()
-                done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout)
-                status = "ok" if done.returncode == 0 else f"failed ({done.returncode}): {done.stderr.strip()[-300:]}"
-                print(f"[{time.perf_counter() - t0:6.0f} s] {mixer} seed {seed}: {status} "
-                      f"({time.perf_counter() - start:.0f} s)", flush=True)
+                else:
+                    pending.append((mixer, seed, run_dir))
+
+        def one_run(job: tuple[str, int, Path]) -> None:
+            mixer, seed, run_dir = job
+            start = time.perf_counter()
+            done = subprocess.run(run_command(args, mixer, seed, run_dir), env=env, capture_output=True, text=True,
+                                  timeout=args.timeout)
+            status = "ok" if done.returncode == 0 else f"failed ({done.returncode}): {done.stderr.strip()[-300:]}"
+            print(f"[{time.perf_counter() - t0:6.0f} s] {mixer} seed {seed}: {status} "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            list(pool.map(one_run, pending))
     records = collect(args.out)
     if not records:
         print(f"no finished recall runs under {args.out}", file=sys.stderr)

@@ -100,8 +100,9 @@ def test_invalid_recall_parameters_are_rejected(kwargs, message):
     assert message in str(error.value)
 
 
-def test_the_recall_stream_grows_its_load_and_the_optimal_policy_stays_perfect():
-    cfg = load_stream_config("recall")
+@pytest.mark.parametrize("name", ["recall", "recall-cpu"])
+def test_the_recall_stream_grows_its_load_and_the_optimal_policy_stays_perfect(name):
+    cfg = load_stream_config(name)
     cfg.unit, cfg.episodes_per_task = "episodes", 2
     stream = make_stream(cfg, seed=0)
     assert stream.duration_unit == "episodes"
@@ -121,3 +122,19 @@ def test_the_recall_stream_grows_its_load_and_the_optimal_policy_stays_perfect()
             obs, info = stream.reset()
     assert [t for t, _ in seen] == [t for t in stream.task_names for _ in range(2)]
     assert all(s == 1.0 for _, s in seen)
+
+
+def test_recall_cpus_last_task_reaches_past_one_sliding_window_and_fits_one_training_segment():
+    from omegaconf import OmegaConf
+
+    from lifelong.config_files import group_dir
+
+    window = OmegaConf.load(group_dir("memory") / "sliding_window.yaml").window
+    segment = OmegaConf.load(group_dir("agent") / "ppo.yaml").segment_length
+    stream = make_stream(load_stream_config("recall-cpu"), seed=0)
+    env = stream._envs[stream.task_names.index("p4-g64")].unwrapped
+    env.reset(seed=0)
+    values = [t for t in range(env.episode_length) if env.token_kind(int(env._tokens[t])) == "value"]
+    queries = [t for t in range(env.episode_length) if env.token_kind(int(env._tokens[t])) == "query"]
+    assert min(queries) - max(values) > window
+    assert env.episode_length <= segment
