@@ -1,25 +1,26 @@
-"""Recall inside RL: pairs recalled vs gap, per mixer, from ``lifelong run stream=recall`` (short).
+"""Recall inside RL: pairs recalled vs gap, per mixer, from ``lifelong run stream=recall-cpu``.
 
-    python benchmarks/recall_capacity.py --out runs/recall_capacity                  # every mixer, seed 0
-    python benchmarks/recall_capacity.py --mixers gated_deltanet mamba2 --total-steps 40000 --seeds 0 1
+    python benchmarks/recall_capacity.py --out runs/recall_capacity --seeds 0 1 2 --jobs 2 --extra tracker.probe_every=0
+    python benchmarks/recall_capacity.py --mixers gated_deltanet mamba2 --stream recall --total-steps 400000
     python benchmarks/recall_capacity.py --out DIR --report-only                     # tables from finished runs
 
 The supervised view (``lifelong mqar``, ``benchmarks/mqar_grid.py``) trains a model to answer
-queries; here the same mixers sit in the PPO agent of the lifelong loop and the recall stream
-(``configs/stream/recall.yaml``: blocks of tasks with more pairs and longer gaps) rewards a right
-answer. Each run's ``summary.json`` gives, per task, the fraction of queries answered right:
+queries; here the same mixers sit in the PPO agent of the lifelong loop and a recall stream
+(``configs/stream/recall-cpu.yaml`` by default: blocks of tasks with more pairs and longer gaps)
+rewards a right answer. Each run's ``summary.json`` gives, per task, the fraction of queries answered
+right:
 - at the end of the task's own block (``block_success``: its diagonal entry of R, the probe with
   learning off on the memory the lifetime carries): the capacity figure, as MQAR's test accuracy is
   the trained model's;
-- at the end of the run (``final_success``: after the later, larger tasks) and over its training
-  block (``train_success``).
+- at the end of the run (``final_success``: after the later tasks) and over its training block
+  (``train_success``).
 Pairs recalled = success x queries per episode; chance = 1 / num_values. The task's pairs and gap
 are read from the run's saved configuration. Over seeds: mean and 95% Student-t interval
 (``tracking.confidence.mean_ci_over_seeds``), as ``lifelong mqar-report`` gives MQAR's.
 
-Measured so far (README "Results: associative recall"): at the default 40k steps, and at the stream's
-own 10,000 steps a task per lifetime, Gated DeltaNet answers at chance even on 2 pairs with no gap;
-PPO's one reward per query needs far more env steps than MQAR's one label per query.
+The large ``recall`` stream (32 keys, 16 values) is slow to learn by reward alone: Gated DeltaNet
+left chance on its first task (2 pairs, no gap) only after ~150k env steps (README "Results:
+associative recall"); ``recall-cpu`` (4 keys, 4 values) is learned within its 120k-step blocks.
 
 Writes ``OUT/recall_capacity.md`` / ``.json`` (one row per mixer, one column per task) and
 ``OUT/recall_capacity.png`` (fraction recalled at the block end against the gap, one line and band
@@ -28,10 +29,10 @@ per mixer). A run whose ``summary.json`` is finished is not run again.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -73,11 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_command(args: argparse.Namespace, mixer: str, seed: int, run_dir: Path) -> list[str]:
     memory, extra = MIXERS[mixer]
-    exe = shutil.which("lifelong") or str(Path(sys.executable).parent / "lifelong")
+    # the CLI of the package this Python imports (a `lifelong` on PATH may belong to another venv)
+    exe = [sys.executable, "-m", "lifelong"]
     budget = [f"total_steps={args.total_steps}"] if args.total_steps is not None else []
     if args.steps_per_task is not None:
         budget.append(f"stream.steps_per_task={args.steps_per_task}")
-    return [exe, "run", f"stream={args.stream}", f"memory={memory}", *extra, f"seed={seed}", *budget,
+    return [*exe, "run", f"stream={args.stream}", f"memory={memory}", *extra, f"seed={seed}", *budget,
             f"num_envs={args.num_envs}", "progress=false", "overwrite=true", *args.extra, f"hydra.run.dir={run_dir}"]
 
 
@@ -217,6 +219,9 @@ def plot(records: list[dict[str, Any]], path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
+    if not args.report_only and importlib.util.find_spec("lifelong") is None:
+        sys.exit(f"{sys.executable} cannot import lifelong: run this script with the project's venv "
+                 "(`pip install -e .` there)")
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if not args.report_only:
@@ -233,9 +238,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         def one_run(job: tuple[str, int, Path]) -> None:
             mixer, seed, run_dir = job
             start = time.perf_counter()
-            done = subprocess.run(run_command(args, mixer, seed, run_dir), env=env, capture_output=True, text=True,
-                                  timeout=args.timeout)
-            status = "ok" if done.returncode == 0 else f"failed ({done.returncode}): {done.stderr.strip()[-300:]}"
+            try:
+                done = subprocess.run(run_command(args, mixer, seed, run_dir), env=env, capture_output=True,
+                                      text=True, timeout=args.timeout)
+                status = "ok" if done.returncode == 0 else f"failed ({done.returncode}): {done.stderr.strip()[-300:]}"
+            except subprocess.TimeoutExpired:
+                status = f"stopped after --timeout {args.timeout:.0f} s (raise it for this stream's budget)"
             print(f"[{time.perf_counter() - t0:6.0f} s] {mixer} seed {seed}: {status} "
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
 

@@ -86,3 +86,35 @@ def test_the_recall_table_gives_the_mean_and_t_interval_over_seeds(tmp_path):
     # p8-g8: pairs recalled 2 and 6 -> mean 4, sd 2.83, t_{0.975,1} = 12.71 -> +-25.4, clipped to [0, 8]
     assert "| gated_deltanet | 2 | 2.00 [2.00, 2.00] / 2 (end 1.00) | 4.00 [0.00, 8.00] / 8 (end 4.00) |" in md
     assert recall.plot(recall.collect(tmp_path), tmp_path / "r.png").stat().st_size > 0
+
+
+def test_the_recall_probe_runs_this_pythons_cli_on_the_streams_own_budget_unless_told(tmp_path):
+    import sys
+
+    recall = load_benchmark("recall_capacity")
+    command = recall.run_command(recall.parse_args([]), "lola-random", 3, tmp_path / "run")
+    assert command[:4] == [sys.executable, "-m", "lifelong", "run"]
+    assert "stream=recall-cpu" in command and "memory.selection=random" in command and "seed=3" in command
+    assert not any(c.startswith(("total_steps=", "stream.steps_per_task=")) for c in command)
+    told = recall.run_command(recall.parse_args(["--stream", "recall", "--total-steps", "400000"]), "mamba2", 0,
+                              tmp_path / "run")
+    assert "stream=recall" in told and "total_steps=400000" in told
+
+
+def test_a_recall_run_that_times_out_is_reported_and_the_others_still_run(tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    recall = load_benchmark("recall_capacity")
+    calls = []
+
+    def fake_run(command, **kwargs):
+        calls.append(command)
+        if "seed=0" in command:
+            raise subprocess.TimeoutExpired(command, kwargs["timeout"])
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(recall.subprocess, "run", fake_run)
+    recall.main(["--out", str(tmp_path), "--mixers", "mamba2", "--seeds", "0", "1", "--timeout", "5"])
+    printed = capsys.readouterr().out
+    assert len(calls) == 2
+    assert "mamba2 seed 0: stopped after --timeout 5 s" in printed and "mamba2 seed 1: ok" in printed
