@@ -198,8 +198,9 @@ def plot(records: list[dict[str, Any]], path: Path) -> Path:
         line, = ax.plot(gaps, [m for m, _, _ in stats], "--" if mixer.startswith("lola") else "-", marker="o",
                         label=mixer)
         if all(math.isfinite(lo) for _, lo, _ in stats):
-            ax.fill_between(gaps, [lo for _, lo, _ in stats], [hi for _, _, hi in stats], color=line.get_color(),
-                            alpha=0.15)
+            # a fraction: the t-interval clipped to [0, 1], as the table clips pairs to [0, P]
+            ax.fill_between(gaps, [max(lo, 0.0) for _, lo, _ in stats], [min(hi, 1.0) for _, _, hi in stats],
+                            color=line.get_color(), alpha=0.15)
     chance = next((r["chance"] for r in records if math.isfinite(r["chance"])), math.nan)
     if math.isfinite(chance):
         ax.axhline(chance, color="grey", lw=0.8, ls=":", label="chance")
