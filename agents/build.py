@@ -157,9 +157,11 @@ def build_lifetime(cfg: DictConfig, run_dir: Path | str) -> Lifetime:
     ledger = BlockLedger.of(sub_env_attr(vec_env, 0, "schedule"), num_envs)
     tracker = Tracker.from_config(run_dir, settings.task_names, hparams(cfg, settings), cfg.tracker, ledger,
                                   run_info(cfg, settings))
-    prober = StreamProber(cfg.stream, device, make_task_env)
+    reset_each_episode = str(cfg.memory.reset_on) == "episode"  # probes act as the lifetime acts
+    prober = StreamProber(cfg.stream, device, make_task_env, reset_each_episode=reset_each_episode)
     episodes = cfg.tracker.replay_episodes
     replay = None if episodes is None else SwitchReplay(cfg.stream, device, make_replay_env, tuple(int(n) for n in episodes),
-                                                        float(cfg.tracker.recovery_level), int(cfg.tracker.bootstrap_samples))
+                                                        float(cfg.tracker.recovery_level), int(cfg.tracker.bootstrap_samples),
+                                                        reset_each_episode)
     return Lifetime(agent, collector, buffer, learner, tracker, prober, settings, DivergenceGuard.from_config(cfg.guard),
                     replay)

@@ -25,7 +25,7 @@ from lifelong.agents.policy import Memory
 from lifelong.agents.rollout import ActingAgent, Rollout, info_at
 from lifelong.memory_layers.state import tree_leaves, tree_map
 
-__all__ = ["StreamProber", "probe_task", "episodes_per_lifetime", "repeat_state", "LifetimeSeededVectorEnv"]
+__all__ = ["StreamProber", "probe_task", "clear_at_episode_starts", "episodes_per_lifetime", "repeat_state", "LifetimeSeededVectorEnv"]
 
 EnvFactory = Callable[[Any, str, int], gym.Env]
 
@@ -46,8 +46,11 @@ def probe_task(
     seed: int,
     device: torch.device | str,
     deterministic: bool = False,
+    reset_each_episode: bool = False,
 ) -> dict[str, Any]:
     """Run every lifetime of ``memory`` (batch B = ``venv.num_envs``) for ``episodes`` episodes each.
+    ``reset_each_episode``: clear a lifetime's memory on every episode's first token, as the training
+    loop does for ``memory.reset_on=episode`` (an agent trained so is probed as it acts).
 
     Returns ``{"success", "return", "steps", "episodes", "episode_returns" [E], "episode_success" [E],
     "success_matrix" [B][E], "return_matrix" [B][E], "lifetime_steps" [B]}``: the means, the mean over lifetimes of the k-th
@@ -63,6 +66,8 @@ def probe_task(
     successes = np.zeros((B, episodes))
     lifetime_steps = np.zeros(B, dtype=np.int64)
     while (finished < episodes).any():
+        if reset_each_episode:
+            memory = clear_at_episode_starts(agent, memory, rollout)
         t = rollout.step(memory, deterministic=deterministic)
         memory = t.memory
         valid = t.tokens.valid.cpu().numpy()
@@ -89,6 +94,12 @@ def probe_task(
         "success_matrix": successes.tolist(),
         "return_matrix": returns.tolist(),
     }
+
+
+def clear_at_episode_starts(agent: Any, memory: Memory, rollout: Rollout) -> Memory:
+    """``memory`` with the lifetimes whose next token starts an episode cleared (``reset_on=episode``)."""
+    starts = rollout.tokens.boundary
+    return agent.reset_memory(memory, starts) if bool(starts.any()) else memory
 
 
 def _split_result(result: dict[str, Any], parts: int) -> list[dict[str, Any]]:
@@ -145,6 +156,7 @@ class StreamProber:
     device: torch.device | str
     make_env: EnvFactory
     deterministic: bool = False
+    reset_each_episode: bool = False  # memory.reset_on=episode: probe as the agent acts (see probe_task)
 
     def __call__(self, agent: ActingAgent, memory: Memory, tasks: Sequence[str], seed: int,
                  episodes: int) -> dict[str, dict[str, Any]]:
@@ -169,7 +181,7 @@ class StreamProber:
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)
                 result = probe_task(agent, repeat_state(memory, len(tasks)), venv, per_lifetime,
-                                    seed, self.device, self.deterministic)
+                                    seed, self.device, self.deterministic, self.reset_each_episode)
         finally:
             venv.close()
             if hasattr(agent, "train"):

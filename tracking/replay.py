@@ -34,7 +34,7 @@ from lifelong.agents.policy import Memory
 from lifelong.agents.rollout import Rollout, info_at
 from lifelong.memory_layers.state import tree_leaves
 from lifelong.tracking.confidence import entry_ci
-from lifelong.tracking.probes import LifetimeSeededVectorEnv, repeat_state
+from lifelong.tracking.probes import LifetimeSeededVectorEnv, clear_at_episode_starts, repeat_state
 
 __all__ = ["SwitchReplay", "recovery_episode"]
 
@@ -64,6 +64,7 @@ class SwitchReplay:
     episodes: tuple[int, int, int] = (4, 4, 8)
     recovery_level: float = 0.9
     bootstrap_samples: int = 1000
+    reset_each_episode: bool = False  # memory.reset_on=episode: both halves clear the memory every episode
 
     def __post_init__(self) -> None:
         if len(self.episodes) != 3 or min(self.episodes) < 1:
@@ -117,6 +118,8 @@ class SwitchReplay:
         success = np.zeros((total, episodes))
         running = np.zeros(total)
         while (finished < episodes).any():
+            if self.reset_each_episode:
+                memory = clear_at_episode_starts(agent, memory, rollout)
             t = rollout.step(memory)
             memory = t.memory
             valid = t.tokens.valid.cpu().numpy()

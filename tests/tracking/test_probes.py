@@ -160,3 +160,28 @@ def test_probe_with_the_real_agent_and_stream_leaves_the_lifetime_memory_untouch
         venv = SyncVectorEnv([partial(envs_make.make_task_env, stream_cfg, task, b) for b in range(2)],
                              autoreset_mode=AutoresetMode.NEXT_STEP)
         assert probe_task(agent, memory, venv, episodes=2, seed=0, device="cpu", deterministic=True) == result
+
+
+class MemoryAtEpisodeStartAgent(FakeAgent):
+    """Records, for lifetime 0, the size of the memory it is handed on every episode's first token."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.at_starts: list[float] = []
+
+    def act(self, obs, prev_action, prev_reward, boundary, memory, deterministic=False, generator=None):
+        if bool(boundary[0]):
+            self.at_starts.append(float(memory[0].S[0].abs().sum()))
+        return super().act(obs, prev_action, prev_reward, boundary, memory, deterministic, generator)
+
+
+@pytest.mark.parametrize("reset_each_episode", [False, True])
+def test_an_agent_trained_with_reset_on_episode_is_probed_from_a_fresh_memory_every_episode(reset_each_episode):
+    agent = MemoryAtEpisodeStartAgent()
+    prober = StreamProber(None, "cpu", make_corridor, reset_each_episode=reset_each_episode)
+    prober(agent, _lifetime_memory(agent, batch=1), ["A"], seed=0, episodes=3)
+    assert len(agent.at_starts) >= 3
+    if reset_each_episode:
+        assert agent.at_starts == [0.0] * len(agent.at_starts)
+    else:  # the lifetime's memory, then what the probe's own episodes wrote: carried across episodes
+        assert all(size > 0 for size in agent.at_starts)

@@ -90,3 +90,23 @@ def test_the_replay_is_reproducible_by_seed_and_the_reset_half_forgets_its_conte
 def test_bad_replay_settings_are_refused_in_one_line():
     with pytest.raises(ValueError, match="three counts >= 1"):
         SwitchReplay(None, "cpu", make_replay_env, episodes=(2, 0, 3))
+
+
+def test_the_replay_of_an_agent_trained_with_reset_on_episode_clears_both_halves_every_episode(bandit_agent):
+    stream_cfg, agent = bandit_agent
+    replay = SwitchReplay(stream_cfg, "cpu", make_replay_env, episodes=(2, 2, 3), bootstrap_samples=200,
+                          reset_each_episode=True)
+    calls = []
+    original = agent.reset_memory
+
+    def reset_memory(mem, mask):
+        calls.append(mask.clone())
+        return original(mem, mask)
+
+    agent.reset_memory = reset_memory
+    try:
+        replay(agent, agent.initial_memory(2, "cpu"), ("best2", "best0"), seed=1)
+    finally:
+        del agent.reset_memory
+    per_row = torch.stack(calls).sum(0)
+    assert (per_row >= 2 + 2 + 3).all(), "every copy of every lifetime starts each of its 7 episodes fresh"

@@ -42,6 +42,11 @@ class FakeAgent(nn.Module):
     def initial_memory(self, batch_size: int, device) -> tuple[State, ...]:
         return (FakeState(torch.zeros(batch_size, 2, self.d // 2, self.d // 2, device=device)),)
 
+    def reset_memory(self, memory: tuple, mask: torch.Tensor) -> tuple:
+        """Zero state for the lifetimes where ``mask`` ``[B]`` is True (``reset_on`` ablations)."""
+        (state,) = memory
+        return (FakeState(torch.where(mask[:, None, None, None], torch.zeros_like(state.S), state.S)),)
+
     def obs_to_tensor(self, obs: dict[str, np.ndarray], device) -> dict[str, torch.Tensor]:
         return {k: torch.as_tensor(v, device=device) for k, v in obs.items()}
 
