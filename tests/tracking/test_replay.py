@@ -1,6 +1,7 @@
 """The switch-replay probe (in-context versus in-weight forgetting): A, B, then A again through a copy of
 the memory, once carried and once reset at the return; learning frozen, the lifetime left bit-identical."""
 import math
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -63,13 +64,9 @@ def test_the_replay_leaves_the_lifetime_memory_weights_mode_and_rng_bit_identica
         assert all(lo <= m <= hi for lo, m, hi in zip(result["low"], result["success"], result["high"]))
 
 
-def test_the_replay_is_reproducible_by_seed_and_the_reset_half_forgets_its_context(bandit_agent):
-    stream_cfg, agent = bandit_agent
-    memory = agent.initial_memory(2, "cpu")
-    replay = SwitchReplay(stream_cfg, "cpu", make_replay_env, episodes=(2, 2, 3), bootstrap_samples=200)
-    first = replay(agent, memory, ("best2", "best0"), seed=1)
-    assert replay(agent, memory, ("best2", "best0"), seed=1) == first
-
+@contextmanager
+def recorded_resets(agent):
+    """The masks ``[B]`` of every ``agent.reset_memory`` call made inside the block, in order."""
     calls = []
     original = agent.reset_memory
 
@@ -79,9 +76,20 @@ def test_the_replay_is_reproducible_by_seed_and_the_reset_half_forgets_its_conte
 
     agent.reset_memory = reset_memory
     try:
-        replay(agent, memory, ("best2", "best0"), seed=1)
+        yield calls
     finally:
         del agent.reset_memory
+
+
+def test_the_replay_is_reproducible_by_seed_and_the_reset_half_forgets_its_context(bandit_agent):
+    stream_cfg, agent = bandit_agent
+    memory = agent.initial_memory(2, "cpu")
+    replay = SwitchReplay(stream_cfg, "cpu", make_replay_env, episodes=(2, 2, 3), bootstrap_samples=200)
+    first = replay(agent, memory, ("best2", "best0"), seed=1)
+    assert replay(agent, memory, ("best2", "best0"), seed=1) == first
+
+    with recorded_resets(agent) as calls:
+        replay(agent, memory, ("best2", "best0"), seed=1)
     resets = torch.stack(calls).any(0)
     assert resets.tolist() == [False, False, True, True], "only the second copy of each lifetime is reset"
     assert all(int(m.sum()) <= 2 for m in calls)
@@ -96,17 +104,7 @@ def test_the_replay_of_an_agent_trained_with_reset_on_episode_clears_both_halves
     stream_cfg, agent = bandit_agent
     replay = SwitchReplay(stream_cfg, "cpu", make_replay_env, episodes=(2, 2, 3), bootstrap_samples=200,
                           reset_each_episode=True)
-    calls = []
-    original = agent.reset_memory
-
-    def reset_memory(mem, mask):
-        calls.append(mask.clone())
-        return original(mem, mask)
-
-    agent.reset_memory = reset_memory
-    try:
+    with recorded_resets(agent) as calls:
         replay(agent, agent.initial_memory(2, "cpu"), ("best2", "best0"), seed=1)
-    finally:
-        del agent.reset_memory
     per_row = torch.stack(calls).sum(0)
     assert (per_row >= 2 + 2 + 3).all(), "every copy of every lifetime starts each of its 7 episodes fresh"
