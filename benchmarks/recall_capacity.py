@@ -179,7 +179,7 @@ def table(records: list[dict[str, Any]]) -> str:
         lines.append("| " + " | ".join([mixer, str(len({r["seed"] for r in mine})), *cells]) + " |")
     chance = next((r["chance"] for r in records if math.isfinite(r["chance"])), math.nan)
     return ("\n".join(lines) + f"\n\nCells: pairs recalled at the end of the task's own block (its entry of R: "
-            f"probe success, learning off, memory carried, x queries), mean [95% t-interval over seeds] / pairs "
+            f"probe success, learning off, from the lifetime's memory, x queries), mean [95% t-interval over seeds] / pairs "
             f"stored; end: the same at the end of the run, after the larger tasks. "
             f"Chance: {chance:.3f} x the queries.\n")
 
