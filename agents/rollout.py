@@ -61,6 +61,12 @@ def sub_env_attr(vec_env: Any, i: int, name: str) -> Any:
     return env.get_wrapper_attr(name) if hasattr(env, "get_wrapper_attr") else getattr(env, name)
 
 
+def reset_where(agent: Any, memory: Memory, mask: torch.Tensor) -> Memory:
+    """``memory`` with the lifetimes where ``mask`` ``[B]`` is True cleared (``agent.reset_memory``);
+    unchanged, with no op dispatched, when none is."""
+    return agent.reset_memory(memory, mask) if bool(mask.any()) else memory
+
+
 class ActingAgent(Protocol):
     """What the acting loop needs from an agent (``LifelongAgent`` is the real one)."""
 
@@ -198,9 +204,9 @@ class RolloutCollector:
     boundary, can know the time left (Pardo et al. 2018, "Time Limits in Reinforcement Learning",
     sec. 3: a time limit that is part of the task is a terminal state). Bootstrapping let PPO unlearn
     a goal under a short limit sooner than ending the return did (tests/agents/test_time_limits.py);
-    ending the return did not relearn the second task of ``mg-shift`` (README, "Time limits"). An episode that the stream cuts at a
-    block's end (``info["block_truncated"]``) stays a truncation and bootstraps (sec. 4:
-    partial-episode bootstrapping), whatever the setting.
+    ending the return did not relearn the second task of ``mg-shift`` (README, "Time limits"). An
+    episode that the stream cuts at a block's end (``info["block_truncated"]``) stays a truncation
+    and bootstraps (sec. 4: partial-episode bootstrapping), whatever the setting.
     """
 
     def __init__(self, vec_env: Any, agent: LifelongAgent, reset_on: str, device: torch.device | str = "cpu",
@@ -275,9 +281,7 @@ class RolloutCollector:
 
     def _reset_where(self, memory: Memory, reset: torch.Tensor) -> Memory:
         """``memory`` with the lifetimes in ``reset`` cleared."""
-        if self.reset_on != "never" and bool(reset.any()):
-            return self.agent.reset_memory(memory, reset)
-        return memory
+        return memory if self.reset_on == "never" else reset_where(self.agent, memory, reset)
 
     # ---- acting --------------------------------------------------------------------------------
     @torch.inference_mode()

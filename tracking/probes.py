@@ -22,7 +22,7 @@ import torch
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from lifelong.agents.policy import Memory
-from lifelong.agents.rollout import ActingAgent, Rollout, info_at
+from lifelong.agents.rollout import ActingAgent, Rollout, info_at, reset_where
 from lifelong.memory_layers.state import tree_leaves, tree_map
 
 __all__ = ["StreamProber", "probe_task", "clear_at_episode_starts", "episodes_per_lifetime", "repeat_state", "LifetimeSeededVectorEnv"]
@@ -98,8 +98,7 @@ def probe_task(
 
 def clear_at_episode_starts(agent: Any, memory: Memory, rollout: Rollout) -> Memory:
     """``memory`` with the lifetimes whose next token starts an episode cleared (``reset_on=episode``)."""
-    starts = rollout.tokens.boundary
-    return agent.reset_memory(memory, starts) if bool(starts.any()) else memory
+    return reset_where(agent, memory, rollout.tokens.boundary)
 
 
 def _split_result(result: dict[str, Any], parts: int) -> list[dict[str, Any]]:

@@ -4,8 +4,9 @@ default) or ends its return (false); one cut by the stream's block end always bo
 MiniGrid's time limit is part of the task (its reward counts the steps against ``max_steps``). With
 the truncation bootstrapped from the final observation's value, PPO learnt to reach a goal two steps
 away and then unlearnt it, down to zero success, on a 5-step limit; ending the return there delays
-that by tens of updates but did not prevent it (README, "Time limits"). A block end of a stream cuts an episode that would have gone on, so that one
-bootstraps either way (Pardo et al. 2018, secs. 3 and 4).
+that by tens of updates but did not prevent it (README, "Time limits"). A block end of a stream cuts
+an episode that would have gone on, so that one bootstraps either way (Pardo et al. 2018, secs. 3
+and 4).
 """
 from __future__ import annotations
 
@@ -94,8 +95,8 @@ def test_bootstrapping_a_short_time_limit_unlearns_a_goal_sooner_than_ending_the
     """Measured (success per 10 segments; the trajectory depends on the CPU's float rounding): on the
     VM of 2026-11-29 afternoon, ending the return 0.19, 0.57, 0.76, 0.96, 0.96, 0.83, 0.99, 1.00 and
     bootstrapping 0.00 from the 31st segment on; on the evening's VM, ending the return 0.19, 0.57,
-    0.86, 0.91, 0.99, 0.72, 0.99, 0.62 and bootstrapping at most 0.07 from the 27th. Ending the return delays
-    the collapse, it does not prevent it: over 120 segments that agent fell to 0.14 at the 55th, 0.00
+    0.86, 0.91, 0.99, 0.72, 0.99, 0.62 and bootstrapping at most 0.07 from the 27th. Ending the
+    return delays the collapse, it does not prevent it: over 120 segments that agent fell to 0.14 at the 55th, 0.00
     at the 75th, and stayed at or below 0.02 from the 99th on. The untrained agent succeeds in about 0.14."""
     ended, bootstrapped = success_while_learning(bootstrap=False), success_while_learning(bootstrap=True)
     middle = slice(30, 50)
